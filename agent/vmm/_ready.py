@@ -1,0 +1,26 @@
+"""Waiting for a guest's envd to answer ``GET /health`` with 204 — the readiness signal for a started VM."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+
+async def wait_envd(address: str, limit: float, interval: float = 0.05) -> None:
+    """Poll ``http://{address}/health`` until it answers 204; raise `TimeoutError` after `limit` seconds.
+
+    Connection refusals and resets are expected while the guest boots (with user-mode networking the forward
+    accepts before the guest listens), so only a 204 ends the wait.
+    """
+    url = f"http://{address}/health"
+    async with asyncio.timeout(limit), httpx.AsyncClient(timeout=httpx.Timeout(2.0)) as client:
+        while True:
+            try:
+                response = await client.get(url)
+            except httpx.TransportError:
+                pass
+            else:
+                if response.status_code == 204:
+                    return
+            await asyncio.sleep(interval)

@@ -1,0 +1,355 @@
+"""The QEMU microvm driver: spawns ``qemu-system-x86_64 -M microvm`` daemonized and paused, drives it over QMP.
+
+Start: write ``vm.json``, spawn with ``-daemonize -S`` (QEMU's parent process exits only once the machine is
+built, so a zero exit means the QMP socket and pidfile exist; a non-zero exit carries the reason on stderr),
+connect QMP, call `placement(pid)`, then ``cont``. Exit is watched with a pidfd, so adopted VMMs are watched the
+same way as ones we spawned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import structlog
+from qemu.qmp import ExecuteError, QMPClient, QMPError
+
+from wrenn.agent.vmm._config import DiskFormat, SnapshotInfo, VMConfig
+from wrenn.agent.vmm._errors import AdoptFailed, SnapshotError, StartFailed, VMMError, VMStateError
+from wrenn.agent.vmm._errors import QMPError as VMMQMPError
+from wrenn.agent.vmm._handle import ProcessHandle
+from wrenn.agent.vmm._interface import EXITED_STATES, Placement, VMState
+from wrenn.agent.vmm._process import (
+    is_process_of,
+    kill_and_wait,
+    read_pidfile,
+    remove_files,
+    tail,
+)
+from wrenn.agent.vmm.qemu._accel import AcceleratorDetector, AcceleratorReport
+from wrenn.agent.vmm.qemu._cmdline import PIDFILE, QMP_SOCKET, ROOTFS_DEVICE, VMM_LOG, build_argv, host_tsc_khz
+from wrenn.protocol.agent import Accelerator
+
+_log = structlog.get_logger(__name__)
+
+SNAPSHOT_STATE = "state"
+SNAPSHOT_MANIFEST = "snapshot.json"
+
+# QMP runstates (query-status "status") and what they mean for us.
+_PAUSED_RUNSTATES = frozenset({"paused", "prelaunch", "postmigrate", "finish-migrate", "inmigrate", "suspended"})
+
+
+async def _qmp(client: QMPClient, command: str, arguments: dict[str, Any] | None = None) -> Any:
+    """Run one QMP command, translating library errors into `QMPError` with the command and the reply."""
+    try:
+        return await client.execute(command, arguments)
+    except ExecuteError as exc:
+        raise VMMQMPError(command, arguments, dict(exc.received), exc.error.error.desc) from exc
+    except (QMPError, OSError, EOFError) as exc:
+        raise VMMQMPError(command, arguments, None, f"{type(exc).__name__}: {exc}") from exc
+
+
+class QemuVM(ProcessHandle):
+    """Handle to one QEMU process (see `wrenn.agent.vmm.VM` for the contract)."""
+
+    control_files = (QMP_SOCKET, PIDFILE)
+
+    def __init__(self, config: VMConfig, pid: int, qmp: QMPClient, state: VMState) -> None:
+        self._qmp = qmp
+        self._ram_frozen = False
+        super().__init__(config, pid, state)
+
+    async def _close_channel(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._qmp.disconnect()
+
+    async def command(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        """Send one QMP command (for callers that need more than this handle offers)."""
+        self._require(VMState.STARTING, VMState.RUNNING, VMState.PAUSED, VMState.STOPPING)
+        return await _qmp(self._qmp, command, arguments)
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """``quit`` over QMP, wait up to `grace` s, then SIGKILL.
+
+        No ACPI power button: Wrenn's guests run a minimal init that would not act on one (and kernels without
+        ACPI have none), so asking the guest is the caller's business — e.g. envd syncs the disk first.
+        """
+        if self._state in EXITED_STATES:
+            return
+        self._require_attached()
+        self._exit_requested = True
+        self._state = VMState.STOPPING
+        with contextlib.suppress(VMMQMPError):
+            await _qmp(self._qmp, "quit")
+        if not await self._wait_gone(grace):
+            self._log.warning("VMM ignored quit; killing", grace=grace)
+            await self.kill()
+
+    async def pause(self) -> None:
+        self._require(VMState.RUNNING)
+        await _qmp(self._qmp, "stop")
+        self._state = VMState.PAUSED
+
+    async def resume(self) -> None:
+        self._require(VMState.PAUSED)
+        if self._ram_frozen:
+            raise VMStateError(self._config.vm_id, "paused with RAM frozen in a snapshot", ("paused",))
+        await _qmp(self._qmp, "cont")
+        self._state = VMState.RUNNING
+
+    async def save_snapshot(self, directory: Path) -> SnapshotInfo:
+        """QMP recipe from qemu-notes.md: pause, migrate to ``exec:cat > state``, wait for ``completed``; then
+        freeze the disk: ``blockdev-snapshot-sync`` puts a new qcow2 layer on top of the rootfs, so the layer
+        below keeps exactly the state that goes with the saved RAM and this VM writes to the new one.
+
+        With file-backed RAM only device state is written (``x-ignore-shared``) and the snapshot references the
+        memory file in place, so this VM can never be resumed afterwards (its RAM *is* the snapshot).
+        """
+        self._require(VMState.RUNNING, VMState.PAUSED)
+        await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+        state_file = directory / SNAPSHOT_STATE
+        file_backed = self._config.memory_file is not None
+        try:
+            await _qmp(self._qmp, "migrate-set-parameters", {"max-bandwidth": 1 << 40})
+            if file_backed:
+                caps = [{"capability": "x-ignore-shared", "state": True}]
+                await _qmp(self._qmp, "migrate-set-capabilities", {"capabilities": caps})
+            if self._state is VMState.RUNNING:
+                await self.pause()
+            self._ram_frozen = file_backed
+            await _migrate(self._qmp, "migrate", {"uri": f"exec:cat > {state_file}"}, limit=120)
+            disk = await self._freeze_disk()
+        except (VMMQMPError, TimeoutError, StopIteration) as exc:
+            raise SnapshotError(f"snapshot of {self._config.vm_id} failed: {exc}") from exc
+        info = SnapshotInfo(directory=directory, disk=disk, memory_file=self._config.memory_file)
+        manifest = {"memory_mb": self._config.memory_mb, **info.model_dump(mode="json")}
+        await asyncio.to_thread((directory / SNAPSHOT_MANIFEST).write_text, json.dumps(manifest))
+        return info
+
+    async def _freeze_disk(self) -> Path:
+        """Switch the rootfs to a new qcow2 layer; return the now read-only image below it."""
+        blocks = await _qmp(self._qmp, "query-block")
+        frozen = next(Path(b["inserted"]["file"]) for b in blocks if b.get("device") == ROOTFS_DEVICE)
+        top = self._config.run_dir / f"rootfs.{uuid.uuid4().hex[:8]}.qcow2"
+        arguments = {"device": ROOTFS_DEVICE, "snapshot-file": str(top), "format": "qcow2"}
+        await _qmp(self._qmp, "blockdev-snapshot-sync", arguments)
+        # vm.json follows the VM to its new layer, so an adopting agent sees the disk in use.
+        self._config = self._config.model_copy(update={"rootfs": top, "rootfs_format": DiskFormat.QCOW2})
+        await asyncio.to_thread(self._config.save)
+        return frozen
+
+
+async def _migrate(client: QMPClient, command: str, arguments: dict[str, Any], limit: float) -> None:
+    """Start a migration (outgoing ``migrate`` or ``migrate-incoming``) and wait for its ``MIGRATION`` event
+    with status ``completed``. The ``events`` capability makes QEMU send them; the listener is registered before
+    the command, so no event can slip by."""
+    await _qmp(client, "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]})
+    with client.listener("MIGRATION") as listener:
+        await _qmp(client, command, arguments)
+        async with asyncio.timeout(limit):
+            async for event in listener:
+                data = event["data"]
+                status = data.get("status") if isinstance(data, dict) else None
+                if status == "completed":
+                    return
+                if status in {"failed", "cancelled"}:
+                    info = await _qmp(client, "query-migrate")
+                    raise VMMQMPError(command, arguments, info, f"migration {status}: {info.get('error-desc', '')}")
+
+
+def _chain_contains(chain: list[dict[str, Any]], disk: Path) -> bool:
+    """Whether `qemu-img info --backing-chain` output lists `disk` (symlinks and relative names resolved)."""
+    return disk.resolve() in {Path(image["filename"]).resolve() for image in chain}
+
+
+class QemuDriver:
+    """Starts QEMU microvm VMs. `data_dir` holds the accelerator probe cache.
+
+    `accelerator` forces an accelerator (no probe); otherwise the first `start` probes with that VM's kernel
+    (or `probe_kernel` when given).
+    """
+
+    name = "qemu"
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        binary: str = "qemu-system-x86_64",
+        accelerator: Accelerator | None = None,
+        probe_kernel: Path | None = None,
+        qemu_img: str = "qemu-img",
+        probe_timeout: float = 15.0,
+        spawn_timeout: float = 60.0,
+    ) -> None:
+        self._binary = binary
+        self._qemu_img = qemu_img
+        self._forced = accelerator
+        self._probe_kernel = probe_kernel
+        self._spawn_timeout = spawn_timeout
+        self._detector = AcceleratorDetector(binary=binary, cache_dir=data_dir, timeout=probe_timeout)
+        self._report: AcceleratorReport | None = None
+        self._tsc_khz = host_tsc_khz()
+
+    @property
+    def detector(self) -> AcceleratorDetector:
+        return self._detector
+
+    async def accelerator_report(self, kernel: Path | None = None) -> AcceleratorReport:
+        """Detect (or recall) the accelerator; `kernel` is the probe kernel when none was configured."""
+        if self._report is None:
+            if self._forced is not None:
+                self._report = AcceleratorReport(accelerator=self._forced, reason="configured", qemu_version="")
+            else:
+                probe = self._probe_kernel or kernel
+                if probe is None:
+                    raise VMMError("accelerator unknown: no VM started yet and no probe_kernel configured")
+                self._report = await self._detector.detect(probe)
+        return self._report
+
+    async def accelerator(self) -> Accelerator:
+        return (await self.accelerator_report()).accelerator
+
+    async def start(self, config: VMConfig, placement: Placement | None = None) -> QemuVM:
+        return await self._launch(config, placement, snapshot=None)
+
+    async def restore(self, config: VMConfig, snapshot: Path, placement: Placement | None = None) -> QemuVM:
+        """Start a fresh QEMU with ``-incoming defer`` and load `snapshot` into it (qemu-notes.md recipe).
+
+        With a file-backed snapshot the guest RAM is the snapshot's memory file mapped copy-on-write
+        (``share=off``): the snapshot stays reusable and clones share its pages.
+        """
+        manifest_path = snapshot / SNAPSHOT_MANIFEST
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StartFailed(config.vm_id, f"no readable snapshot in {snapshot}") from exc
+        memory = manifest.get("memory_file")
+        config = config.model_copy(update={"memory_file": Path(memory) if memory else None})
+        if manifest.get("disk"):
+            await self._check_backing(config, Path(manifest["disk"]))
+        return await self._launch(config, placement, snapshot=snapshot)
+
+    async def _check_backing(self, config: VMConfig, disk: Path) -> None:
+        """Refuse a rootfs that does not show the snapshot's frozen disk (it would corrupt the guest's fs)."""
+        proc = await asyncio.create_subprocess_exec(
+            self._qemu_img,
+            "info",
+            "-U",
+            "--output=json",
+            "--backing-chain",
+            str(config.rootfs),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            raise StartFailed(config.vm_id, f"cannot read rootfs {config.rootfs}", err.decode(errors="replace"))
+        if not _chain_contains(json.loads(out), disk):
+            raise StartFailed(config.vm_id, f"rootfs {config.rootfs} is not backed by the snapshot's disk {disk}")
+
+    async def _launch(self, config: VMConfig, placement: Placement | None, snapshot: Path | None) -> QemuVM:
+        run = config.run_dir
+        self._check_inputs(config)
+        remove_files(run / QMP_SOCKET, run / PIDFILE)
+        config.save()
+        accel = (await self.accelerator_report(config.kernel)).accelerator
+        argv = build_argv(
+            config,
+            binary=self._binary,
+            accel=accel,
+            tsc_khz=self._tsc_khz,
+            memory_share=snapshot is None,
+            incoming=snapshot is not None,
+        )
+        log = _log.bind(vm_id=config.vm_id, accelerator=accel.value)
+        pid: int | None = None
+        client: QMPClient | None = None
+        placing = False
+        try:
+            pid = await self._spawn(config, argv)
+            client = QMPClient(f"wrenn-{config.vm_id}")
+            await client.connect(str(run / QMP_SOCKET))
+            if placement is not None:
+                placing = True
+                await placement(pid)
+                placing = False
+            if snapshot is not None:
+                if config.memory_file is not None:
+                    caps = [{"capability": "x-ignore-shared", "state": True}]
+                    await _qmp(client, "migrate-set-capabilities", {"capabilities": caps})
+                await _migrate(client, "migrate-incoming", {"uri": f"exec:cat {snapshot / SNAPSHOT_STATE}"}, limit=120)
+            await _qmp(client, "cont")
+        except BaseException as exc:
+            await asyncio.shield(self._rollback(config, pid, client))
+            if placing or isinstance(exc, StartFailed) or not isinstance(exc, Exception):
+                raise  # placement's own error propagates as documented; cancellation is never swallowed
+            raise StartFailed(config.vm_id, type(exc).__name__, str(exc) or tail(run / VMM_LOG)) from exc
+        log.info("VM running", pid=pid, restored=snapshot is not None)
+        return QemuVM(config, pid, client, VMState.RUNNING)
+
+    def _check_inputs(self, config: VMConfig) -> None:
+        if not config.run_dir.is_dir():
+            raise StartFailed(config.vm_id, f"run directory {config.run_dir} does not exist")
+        for what, path in (("kernel", config.kernel), ("initrd", config.initrd), ("rootfs", config.rootfs)):
+            if path is not None and not path.is_file():
+                raise StartFailed(config.vm_id, f"{what} {path} is not a file")
+
+    async def _spawn(self, config: VMConfig, argv: list[str]) -> int:
+        run = config.run_dir
+        with (run / VMM_LOG).open("ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file
+            )
+        try:
+            async with asyncio.timeout(self._spawn_timeout):
+                rc = await proc.wait()
+        except TimeoutError:
+            await kill_and_wait(proc.pid)
+            await proc.wait()
+            raise StartFailed(
+                config.vm_id, f"QEMU did not finish initialising in {self._spawn_timeout:.0f} s", tail(run / VMM_LOG)
+            ) from None
+        if rc != 0:
+            raise StartFailed(config.vm_id, f"QEMU exited with status {rc}", tail(run / VMM_LOG))
+        pid = read_pidfile(run / PIDFILE)
+        if pid is None:
+            raise StartFailed(config.vm_id, "QEMU wrote no pidfile")
+        return pid
+
+    async def _rollback(self, config: VMConfig, pid: int | None, client: QMPClient | None) -> None:
+        """Undo a half-finished start: kill the VMM, close QMP, remove socket and pidfile. Bounded."""
+        if pid is None:
+            pid = read_pidfile(config.run_dir / PIDFILE)
+        if pid is not None and is_process_of(pid, str(config.run_dir / QMP_SOCKET)):
+            with contextlib.suppress(TimeoutError):
+                await kill_and_wait(pid)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+        remove_files(config.run_dir / QMP_SOCKET, config.run_dir / PIDFILE)
+
+    async def adopt(self, run_dir: Path) -> QemuVM:
+        """Re-attach to the QEMU whose pidfile and QMP socket are in `run_dir` (after an agent restart)."""
+        try:
+            config = VMConfig.load(run_dir)
+        except (OSError, ValueError) as exc:
+            raise AdoptFailed(f"no VM config in {run_dir}") from exc
+        pid = read_pidfile(run_dir / PIDFILE)
+        if pid is None or not is_process_of(pid, str(run_dir / QMP_SOCKET)):
+            raise AdoptFailed(f"no live QEMU for {config.vm_id} in {run_dir}")
+        client = QMPClient(f"wrenn-{config.vm_id}")
+        try:
+            await client.connect(str(run_dir / QMP_SOCKET))
+            status = (await _qmp(client, "query-status"))["status"]
+        except (QMPError, OSError, VMMQMPError) as exc:
+            with contextlib.suppress(Exception):
+                await client.disconnect()
+            raise AdoptFailed(f"QMP of {config.vm_id} does not answer: {exc}") from exc
+        state = VMState.PAUSED if status in _PAUSED_RUNSTATES else VMState.RUNNING
+        _log.info("VM adopted", vm_id=config.vm_id, pid=pid, state=state.value)
+        return QemuVM(config, pid, client, state)

@@ -1,0 +1,1 @@
+"""The provisioning toolkit: internal CA, SSH onboarding, wrappers around Ansible and Pulumi."""

@@ -1,0 +1,217 @@
+"""The conformance suite every VMM driver passes (containerd's snapshotter-suite idea): the contract in
+`wrenn.agent.vmm._interface`, exercised against real VMMs booting a real guest kernel.
+
+Runs against the fake driver (`wrenn.agent.vmm.fake`: no VM, the one the host agent's tests use), against QEMU
+here (TCG; user-mode networking, and TAP in a throwaway netns when root) and against Firecracker where its binary
+exists and /dev/kvm runs guests (skipped with the reason otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.agent.vmm.conftest import (
+    Harness,
+    alive,
+    disk_head,
+    no_process_mentions,
+    recording_placement,
+    state_of,
+)
+from wrenn.agent.vmm import AdoptFailed, StartFailed, VMState, VMStateError
+
+pytestmark = pytest.mark.timeout(900)  # the vm/root/firecracker markers sit on the driver params
+
+CONTROL_FILES = ("qmp.sock", "api.sock", "vmm.pid")
+
+
+def assert_nothing_left(run_dir: Path, pid: int | None = None) -> None:
+    if pid is not None:
+        assert not alive(pid), f"VMM {pid} still runs"
+    assert no_process_mentions(str(run_dir)), f"a process still refers to {run_dir}"
+    for name in CONTROL_FILES:
+        assert not (run_dir / name).exists(), f"{name} left in {run_dir}"
+
+
+async def test_start_health_stop(vmm: Harness) -> None:
+    placed: list[int] = []
+    config = vmm.config()
+    vm = vmm.track(await vmm.driver.start(config, placement=recording_placement(placed)))
+    assert state_of(vm) is VMState.RUNNING
+    assert placed == [vm.pid], "placement must be called once, with the VMM's pid"
+    await vmm.wait_envd(config)
+    assert state_of(vm) is VMState.RUNNING
+    await vm.stop(grace=5)
+    assert state_of(vm) is VMState.STOPPED
+    assert await vm.wait_exited() is VMState.STOPPED
+    assert_nothing_left(config.run_dir, vm.pid)
+    await vm.stop()  # idempotent
+    await vm.kill()
+    assert state_of(vm) is VMState.STOPPED
+
+
+async def test_kill(vmm: Harness) -> None:
+    config = vmm.config()
+    vm = vmm.track(await vmm.driver.start(config))
+    await vm.kill()
+    assert state_of(vm) is VMState.STOPPED
+    assert_nothing_left(config.run_dir, vm.pid)
+
+
+async def test_unasked_exit_is_a_crash(vmm: Harness) -> None:
+    config = vmm.config()
+    vm = vmm.track(await vmm.driver.start(config))
+    os.kill(vm.pid, signal.SIGKILL)
+    async with asyncio.timeout(30):
+        assert await vm.wait_exited() is VMState.CRASHED
+    assert_nothing_left(config.run_dir, vm.pid)
+    with pytest.raises(VMStateError, match="crashed, needs to be running"):
+        await vm.pause()
+
+
+async def test_adopt_after_agent_restart(vmm: Harness) -> None:
+    config = vmm.config()
+    first = await vmm.driver.start(config)
+    pid = first.pid
+    await vmm.wait_envd(config)
+    await first.aclose()  # the agent goes away; the VMM must not
+    assert alive(pid)
+    with pytest.raises(VMStateError, match="detached"):
+        await first.stop()
+
+    restarted = vmm.make_driver()
+    vm = vmm.track(await restarted.adopt(config.run_dir))
+    assert vm.pid == pid
+    assert state_of(vm) is VMState.RUNNING
+    assert vm.config == config
+    await vmm.wait_envd(config, limit=30)
+    await vm.stop(grace=5)
+    assert state_of(vm) is VMState.STOPPED
+    assert_nothing_left(config.run_dir, pid)
+    with pytest.raises(AdoptFailed):
+        await restarted.adopt(config.run_dir)
+
+
+async def test_adopt_refuses_a_reused_pid(vmm: Harness) -> None:
+    config = vmm.config()
+    config.save()
+    (config.run_dir / "vmm.pid").write_text(f"{os.getpid()}\n")  # alive, but not a VMM of this run dir
+    with pytest.raises(AdoptFailed, match="no live"):
+        await vmm.driver.adopt(config.run_dir)
+
+
+async def test_start_failure_missing_kernel(vmm: Harness) -> None:
+    config = vmm.config().model_copy(update={"kernel": Path("/nonexistent/vmlinuz")})
+    with pytest.raises(StartFailed, match="kernel /nonexistent/vmlinuz"):
+        await vmm.driver.start(config)
+    assert_nothing_left(config.run_dir)
+
+
+async def test_start_failure_bad_rootfs(vmm: Harness) -> None:
+    config = vmm.config()
+    config.rootfs.write_bytes(b"this is not a disk image")
+    if vmm.name == "firecracker":
+        config.rootfs.unlink()  # a raw image cannot be malformed; a missing one can
+    with pytest.raises(StartFailed) as caught:
+        await vmm.driver.start(config)
+    assert caught.value.detail or caught.value.reason
+    assert_nothing_left(config.run_dir)
+
+
+async def test_failing_placement_rolls_back(vmm: Harness) -> None:
+    config = vmm.config()
+    seen: list[int] = []
+
+    async def placement(pid: int) -> None:
+        seen.append(pid)
+        raise PermissionError("cgroup.procs: permission denied")
+
+    with pytest.raises(PermissionError, match=r"cgroup\.procs"):  # its own error, not a StartFailed
+        await vmm.driver.start(config, placement=placement)
+    assert len(seen) == 1
+    assert_nothing_left(config.run_dir, seen[0])
+
+
+async def test_concurrent_starts(vmm: Harness) -> None:
+    configs = [vmm.config() for _ in range(3)]
+    vms = await asyncio.gather(*(vmm.driver.start(c) for c in configs))
+    for vm in vms:
+        vmm.track(vm)
+    assert len({vm.pid for vm in vms}) == 3
+    await asyncio.gather(*(vmm.wait_envd(c) for c in configs))
+    boot_ids = [await vmm.boot_id(c) for c in configs]
+    if vmm.has_boot_id:
+        assert len(set(boot_ids)) == 3, "separate boots have separate boot ids"
+    await asyncio.gather(*(vm.stop(grace=5) for vm in vms))
+    for vm, config in zip(vms, configs, strict=True):
+        assert state_of(vm) is VMState.STOPPED
+        assert_nothing_left(config.run_dir, vm.pid)
+
+
+async def test_pause_resume(vmm: Harness) -> None:
+    config = vmm.config()
+    vm = vmm.track(await vmm.driver.start(config))
+    await vmm.wait_envd(config)
+    await vm.pause()
+    assert state_of(vm) is VMState.PAUSED
+    with pytest.raises(VMStateError, match="paused, needs to be running"):
+        await vm.pause()
+    await vm.resume()
+    assert state_of(vm) is VMState.RUNNING
+    await vmm.wait_envd(config, limit=30)
+    await vm.stop(grace=5)
+
+
+@pytest.mark.parametrize("file_backed", [False, True], ids=["streamed-ram", "file-backed-ram"])
+async def test_snapshot_restore(vmm: Harness, file_backed: bool) -> None:
+    if file_backed and vmm.name == "firecracker":
+        pytest.skip("file-backed RAM at boot is QEMU-only")
+    source = vmm.config(memory_file=file_backed)
+    vm = vmm.track(await vmm.driver.start(source))
+    await vmm.wait_envd(source)
+    if vmm.writes_disk:
+        await vmm.write_disk(source, "before-snapshot")
+    source_boot = await vmm.boot_id(source)
+    info = await vm.save_snapshot(source.run_dir / "snapshot")
+    assert state_of(vm) is VMState.PAUSED
+    assert info.disk is not None
+    if file_backed:
+        with pytest.raises(VMStateError):
+            await vm.resume()  # its RAM file now is the snapshot
+    else:
+        await vm.resume()  # the source goes on, on a new disk layer (QEMU) or its own disk (Firecracker)
+        await vmm.wait_envd(source, limit=60)
+        if vmm.writes_disk:
+            await vmm.write_disk(source, "after--snapshot")
+            assert disk_head(vm.config.rootfs, 15) == b"after--snapshot"
+    if vmm.writes_disk:
+        assert disk_head(info.disk, 15) == b"before-snapshot", "the snapshot's disk is frozen"
+    await vm.stop(grace=5)
+
+    clones = [vmm.config(backing=info.disk) for _ in range(2)]
+    restored = [vmm.track(await vmm.driver.restore(c, info.directory)) for c in clones]
+    for clone, config in zip(restored, clones, strict=True):
+        assert state_of(clone) is VMState.RUNNING
+        await vmm.wait_envd(config, limit=60)
+        assert await vmm.boot_id(config) == source_boot, "a restored clone continues the saved kernel"
+    for clone, config in zip(restored, clones, strict=True):
+        await clone.stop(grace=5)
+        assert_nothing_left(config.run_dir, clone.pid)
+
+
+async def test_restore_refuses_a_disk_that_is_not_the_snapshots(vmm: Harness) -> None:
+    if vmm.name != "qemu":
+        pytest.skip("only QEMU can see a qcow2 backing chain to check")
+    source = vmm.config()
+    vm = vmm.track(await vmm.driver.start(source))
+    info = await vm.save_snapshot(source.run_dir / "snapshot")
+    await vm.stop(grace=5)
+    stranger = vmm.config()  # an overlay on the base image, not on the frozen disk
+    with pytest.raises(StartFailed, match="not backed by the snapshot's disk"):
+        await vmm.driver.restore(stranger, info.directory)
+    assert_nothing_left(stranger.run_dir)
