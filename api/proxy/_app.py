@@ -1,0 +1,315 @@
+"""The sandbox traffic proxy: a raw ASGI app in front of the REST API.
+
+Requests addressed to a sandbox (see `_routing`) are forwarded to the address its host agent reported, bodies and
+responses streamed both ways (Connect server-streams, file transfers); everything else goes to the wrapped API app.
+Failures answer like E2B's proxy: ``502 {"sandboxId", "message", "code"}`` for an unknown, dead or foreign sandbox
+and for a port nobody listens on.
+
+Open streams are registered per sandbox so that killing a sandbox cuts them (`SandboxProxy.cut`) instead of leaving
+clients hanging on a VM that is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+import httpx
+
+from wrenn.api.proxy._routing import ENVD_PORT, BadRoute, RouteKey, route_for
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_log = logging.getLogger(__name__)
+
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+# envd paths that authenticate themselves without the access token header (reference 3.5).
+_TOKEN_FREE_PATHS = ("/health", "/files")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyTarget:
+    """Where a sandbox's ports are reachable from this API process, and who may reach them."""
+
+    sandbox_id: str
+    team_id: str
+    host: str
+    envd_port: int
+    access_token: str | None
+    running: bool
+
+
+class ProxyBackend(Protocol):
+    """What the proxy needs from the sandbox domain."""
+
+    async def proxy_target(self, sandbox_id: str) -> ProxyTarget | None: ...
+
+    async def team_of_api_key(self, api_key: str) -> str | None: ...
+
+
+class _Stream:
+    __slots__ = ("cut",)
+
+    def __init__(self) -> None:
+        self.cut = asyncio.Event()
+
+
+class SandboxProxy:
+    """ASGI app: sandbox traffic to the sandbox, the rest to ``api``. An async context manager (owns its client)."""
+
+    def __init__(
+        self,
+        api: ASGIApp,
+        backend: ProxyBackend,
+        *,
+        domain: str,
+        cache_ttl_s: float = 1.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._api = api
+        self._backend = backend
+        self._domain = domain
+        self._cache_ttl_s = cache_ttl_s
+        self._cache: dict[str, tuple[float, ProxyTarget | None]] = {}
+        self._streams: dict[str, set[_Stream]] = {}
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
+            follow_redirects=False,
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for streams in self._streams.values():
+            for stream in streams:
+                stream.cut.set()
+        await self._client.aclose()
+
+    def invalidate(self, sandbox_id: str) -> None:
+        """Forget the cached route of a sandbox (its state or address changed)."""
+        self._cache.pop(sandbox_id, None)
+
+    def cut(self, sandbox_id: str) -> int:
+        """Cut every open stream to a sandbox (it was killed); returns how many were cut."""
+        self.invalidate(sandbox_id)
+        streams = self._streams.pop(sandbox_id, set())
+        for stream in streams:
+            stream.cut.set()
+        return len(streams)
+
+    def open_streams(self, sandbox_id: str) -> int:
+        return len(self._streams.get(sandbox_id, ()))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self._api(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
+        try:
+            key = route_for(headers, self._domain)
+        except BadRoute as exc:
+            await _reply(send, scope, 400, {"code": 400, "message": str(exc)})
+            return
+        if key is None:
+            await self._api(scope, receive, send)
+            return
+        if scope["type"] == "websocket":
+            # No WebSocket client library in the dependency set yet; refuse the handshake instead of hanging.
+            await send({"type": "websocket.close", "code": 1011})
+            return
+        await self._proxy_http(scope, receive, send, key, headers)
+
+    async def _target(self, sandbox_id: str) -> ProxyTarget | None:
+        now = time.monotonic()
+        cached = self._cache.get(sandbox_id)
+        if cached is not None and now - cached[0] < self._cache_ttl_s:
+            return cached[1]
+        target = await self._backend.proxy_target(sandbox_id)
+        self._cache[sandbox_id] = (now, target)
+        return target
+
+    async def _proxy_http(
+        self, scope: Scope, receive: Receive, send: Send, key: RouteKey, headers: dict[str, str]
+    ) -> None:
+        target = await self._target(key.sandbox_id)
+        if target is None or not target.running:
+            await _not_found(send, scope, key.sandbox_id)
+            return
+        api_key = headers.get("x-api-key")
+        if api_key is not None and await self._backend.team_of_api_key(api_key) != target.team_id:
+            await _not_found(send, scope, key.sandbox_id)
+            return
+        path: str = scope.get("path", "/")
+        if (
+            target.access_token is not None
+            and key.port == ENVD_PORT
+            and not path.startswith(_TOKEN_FREE_PATHS)
+            and headers.get("x-access-token") != target.access_token
+        ):
+            await _reply(
+                send, scope, 401, {"code": 401, "message": "unauthorized access, please provide a valid access token"}
+            )
+            return
+
+        port = target.envd_port if key.port == ENVD_PORT else key.port
+        raw_path: bytes = scope.get("raw_path") or path.encode()
+        query: bytes = scope.get("query_string", b"")
+        url = f"http://{target.host}:{port}{raw_path.decode('latin-1')}"
+        if query:
+            url += "?" + query.decode("latin-1")
+        fwd = [(k, v) for k, v in headers.items() if k not in _HOP_BY_HOP]
+        body_done = asyncio.Event()
+        stream = _Stream()
+        self._streams.setdefault(key.sandbox_id, set()).add(stream)
+        try:
+            request = self._client.build_request(
+                scope["method"], url, headers=fwd, content=_request_body(receive, body_done)
+            )
+            try:
+                upstream = await _race(self._client.send(request, stream=True), stream.cut)
+            except httpx.TransportError:
+                await _not_found(send, scope, key.sandbox_id, "The sandbox is not reachable on this port")
+                return
+            if upstream is None:  # cut before the response started
+                await _not_found(send, scope, key.sandbox_id)
+                return
+            try:
+                await self._relay(upstream, scope, receive, send, stream, body_done)
+            finally:
+                await upstream.aclose()
+        finally:
+            streams = self._streams.get(key.sandbox_id)
+            if streams is not None:
+                streams.discard(stream)
+                if not streams:
+                    self._streams.pop(key.sandbox_id, None)
+
+    async def _relay(
+        self,
+        upstream: httpx.Response,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        stream: _Stream,
+        body_done: asyncio.Event,
+    ) -> None:
+        out_headers = [
+            (k.encode("latin-1"), v.encode("latin-1"))
+            for k, v in upstream.headers.multi_items()
+            if k.lower() not in _HOP_BY_HOP
+        ]
+        await send({"type": "http.response.start", "status": upstream.status_code, "headers": out_headers})
+        if scope["method"] == "HEAD":
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+
+        async def pump() -> None:
+            async for chunk in upstream.aiter_raw():
+                if chunk:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def client_gone() -> None:
+            await body_done.wait()
+            while (await receive())["type"] != "http.disconnect":
+                pass
+
+        pump_task = asyncio.create_task(pump())
+        stop_tasks = [asyncio.create_task(stream.cut.wait()), asyncio.create_task(client_gone())]
+        try:
+            await asyncio.wait([pump_task, *stop_tasks], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump_task, *stop_tasks):
+                task.cancel()
+            for task in (pump_task, *stop_tasks):
+                with contextlib.suppress(asyncio.CancelledError, httpx.TransportError):
+                    await task
+        if not pump_task.cancelled() and pump_task.exception() is None:
+            return
+        # Cut, client gone or upstream broke mid-stream: returning without completing the response makes the
+        # server close the connection, so the client sees a truncated stream rather than a clean end.
+        _log.info("sandbox stream cut", extra={"status": upstream.status_code})
+
+
+async def _race(awaitable: Awaitable[httpx.Response], cut: asyncio.Event) -> httpx.Response | None:
+    main = asyncio.ensure_future(awaitable)
+    stopper = asyncio.create_task(cut.wait())
+    try:
+        await asyncio.wait([main, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await stopper
+    if main.done():
+        return main.result()
+    main.cancel()
+    with contextlib.suppress(asyncio.CancelledError, httpx.TransportError):
+        response = await main
+        await response.aclose()
+    return None
+
+
+async def _request_body(receive: Receive, done: asyncio.Event) -> AsyncIterator[bytes]:
+    try:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body: bytes = message.get("body", b"")
+            if body:
+                yield body
+            if not message.get("more_body", False):
+                return
+    finally:
+        done.set()
+
+
+async def _not_found(send: Send, scope: Scope, sandbox_id: str, message: str = "The sandbox was not found") -> None:
+    await _reply(send, scope, 502, {"sandboxId": sandbox_id, "message": message, "code": 502})
+
+
+async def _reply(send: Send, scope: Scope, status: int, body: dict[str, object]) -> None:
+    if scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1008 if status < 500 else 1011})
+        return
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload, "more_body": False})
