@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
+import http.server
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -226,34 +229,48 @@ async def test_kvm_that_does_not_boot_falls_back_to_tcg(
 # -- envd readiness ------------------------------------------------------------------------------------------
 
 
-async def _serve(statuses: list[int]) -> tuple[asyncio.Server, int, list[str]]:
+@contextlib.contextmanager
+def _serve(statuses: list[int]) -> Iterator[tuple[int, list[str]]]:
+    """A loopback HTTP server (in threads) answering `statuses` in turn, then 204.
+
+    Threads rather than asyncio: Python 3.11's asyncio server cannot be shut down without racing connections it
+    accepted but has not handed to a handler yet, and those leak as ResourceWarnings; `server_close()` of a
+    non-daemon `ThreadingHTTPServer` joins every handler thread, so nothing stays open.
+    """
     seen: list[str] = []
 
-    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        request = (await reader.readuntil(b"\r\n\r\n")).decode()
-        seen.append(request.split(" ")[1])
-        status = statuses.pop(0) if statuses else 204
-        writer.write(f"HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".encode())
-        await writer.drain()
-        writer.close()
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(statuses.pop(0) if statuses else 204)
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
 
-    server = await asyncio.start_server(reply, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    return server, port, seen
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = False
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield server.server_address[1], seen
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
 
 
 async def test_wait_envd_waits_for_204() -> None:
-    server, port, seen = await _serve([503, 503])
-    async with server:
+    with _serve([503, 503]) as (port, seen):
         await wait_envd(f"127.0.0.1:{port}", limit=10, interval=0.01)
     assert seen == ["/health"] * 3
 
 
 async def test_wait_envd_times_out() -> None:
-    server, port, _ = await _serve([503] * 1000)
-    async with server:
-        with pytest.raises(TimeoutError):
-            await wait_envd(f"127.0.0.1:{port}", limit=0.3, interval=0.01)
+    with _serve([503] * 1000) as (port, _), pytest.raises(TimeoutError):
+        await wait_envd(f"127.0.0.1:{port}", limit=0.3, interval=0.01)
 
 
 async def test_accelerator_needs_a_kernel_to_probe_or_a_forced_choice(tmp_path: Path) -> None:
