@@ -1,0 +1,55 @@
+"""`HostDirectory`: the registered hosts and one pooled `AgentClient` per host (opened lazily, closed at shutdown)."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+import httpx
+
+from wrenn.api.hosts._client import AgentClient, AgentTls
+from wrenn.api.hosts._records import get_host
+from wrenn.api.store import Store
+from wrenn.protocol.errors import Unavailable
+
+
+class HostDirectory:
+    def __init__(
+        self, store: Store, *, tls: AgentTls | None = None, transport: httpx.AsyncBaseTransport | None = None
+    ) -> None:
+        self._store = store
+        self._tls = tls
+        self._transport = transport
+        self._clients: dict[str, AgentClient] = {}
+        self._stale: list[AgentClient] = []
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        clients, self._clients = [*self._clients.values(), *self._stale], {}
+        self._stale = []
+        for client in clients:
+            await client.aclose()
+
+    def client_for(self, host_id: str, address: str) -> AgentClient:
+        client = self._clients.get(host_id)
+        if client is not None and client.base_url == address.rstrip("/"):
+            return client
+        client = AgentClient(address, tls=self._tls, transport=self._transport)
+        old = self._clients.pop(host_id, None)
+        self._clients[host_id] = client
+        if old is not None:
+            self._stale.append(old)  # the host moved; closed at shutdown (requests may still be in flight)
+        return client
+
+    async def client(self, host_id: str) -> AgentClient:
+        host = await get_host(self._store, host_id)
+        if host is None:
+            raise Unavailable(f"host {host_id} is not registered")
+        return self.client_for(host.id, host.address)

@@ -1,0 +1,53 @@
+"""`HostService`: one-time registration tokens, registration and heartbeats (protocol/hosts.py)."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import timedelta
+
+import structlog
+
+from wrenn.api.clock import Clock, Ids
+from wrenn.api.hosts import _records as records
+from wrenn.api.hosts._records import HostRecord
+from wrenn.api.store import Store
+from wrenn.protocol.errors import Unauthenticated
+from wrenn.protocol.hosts import HostInfo, HostToken, RegisteredHost, RegisterHost
+
+_log = structlog.get_logger("wrenn.api.hosts")
+
+
+class HostService:
+    def __init__(self, store: Store, clock: Clock, ids: Ids, *, heartbeat_interval_s: int) -> None:
+        self._store = store
+        self._clock = clock
+        self._ids = ids
+        self._interval = heartbeat_interval_s
+
+    async def create_token(self, *, created_by: uuid.UUID | None, ttl_s: int) -> HostToken:
+        now = self._clock()
+        token = "wrenn_host_" + secrets.token_hex(24)
+        expires_at = now + timedelta(seconds=ttl_s)
+        await records.insert_token(self._store, token, created_by=created_by, now=now, expires_at=expires_at)
+        return HostToken(token=token, expires_at=expires_at)
+
+    async def register(self, body: RegisterHost) -> RegisteredHost:
+        now = self._clock()
+        host_id = "host-" + self._ids.short(12)
+        secret = secrets.token_hex(32)
+        async with self._store.transaction() as conn:
+            if not await records.consume_token(conn, body.token, host_id=host_id, now=now):
+                raise Unauthenticated("unknown, used or expired registration token")
+            await records.insert_host(
+                conn, host_id=host_id, name=body.name, address=body.address, secret=secret, info=body.info, now=now
+            )
+        _log.info("host registered", host_id=host_id, address=body.address, name=body.name)
+        return RegisteredHost(host_id=host_id, host_secret=secret, heartbeat_interval_s=self._interval)
+
+    async def heartbeat(self, host_id: str, secret: str, info: HostInfo) -> None:
+        if not await records.heartbeat(self._store, host_id, secret, info, self._clock()):
+            raise Unauthenticated("unknown host or wrong host secret")
+
+    async def list_hosts(self) -> list[HostRecord]:
+        return await records.list_hosts(self._store)

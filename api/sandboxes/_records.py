@@ -1,0 +1,223 @@
+"""The control plane's sandbox record and its SQL (table ``sandboxes``, migration 0051)."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from wrenn.api.store import Store
+from wrenn.api.store._pool import Connection
+
+
+class SandboxState(enum.StrEnum):
+    """Lifecycle of a sandbox as the control plane records it.
+
+    creating -> running -> stopped; creating -> failed; running -> missing (the host lost it, reconciler).
+    Only ``creating``/``running`` are live: they hold host capacity and are visible through the E2B API.
+    """
+
+    CREATING = "creating"
+    RUNNING = "running"
+    STOPPED = "stopped"
+    FAILED = "failed"
+    MISSING = "missing"
+
+
+LIVE_STATES = (SandboxState.CREATING.value, SandboxState.RUNNING.value)
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxRecord:
+    id: str
+    team_id: uuid.UUID
+    host_id: str | None
+    template: str
+    state: SandboxState
+    metadata: dict[str, str]
+    vcpus: int
+    memory_mb: int
+    disk_mb: int
+    envd_address: str | None
+    envd_version: str
+    envd_token: str | None
+    allow_internet: bool
+    auto_pause: bool
+    created_at: datetime
+    started_at: datetime
+    end_at: datetime
+    stopped_at: datetime | None
+    stop_reason: str | None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> SandboxRecord:
+        return cls(
+            id=row["id"],
+            team_id=row["team_id"],
+            host_id=row["host_id"],
+            template=row["template"],
+            state=SandboxState(row["state"]),
+            metadata=dict(row["metadata"]),
+            vcpus=row["vcpus"],
+            memory_mb=row["memory_mb"],
+            disk_mb=row["disk_mb"],
+            envd_address=row["envd_address"],
+            envd_version=row["envd_version"],
+            envd_token=row["envd_token"],
+            allow_internet=row["allow_internet"],
+            auto_pause=row["auto_pause"],
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            end_at=row["end_at"],
+            stopped_at=row["stopped_at"],
+            stop_reason=row["stop_reason"],
+        )
+
+
+async def insert(conn: Connection, rec: SandboxRecord) -> None:
+    await conn.execute(
+        """
+        INSERT INTO sandboxes (id, team_id, host_id, template, state, metadata, vcpus, memory_mb, disk_mb,
+                               envd_address, envd_version, envd_token, allow_internet, auto_pause,
+                               created_at, started_at, end_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+        """,
+        (
+            rec.id,
+            rec.team_id,
+            rec.host_id,
+            rec.template,
+            rec.state.value,
+            Jsonb(rec.metadata),
+            rec.vcpus,
+            rec.memory_mb,
+            rec.disk_mb,
+            rec.envd_address,
+            rec.envd_version,
+            rec.envd_token,
+            rec.allow_internet,
+            rec.auto_pause,
+            rec.created_at,
+            rec.started_at,
+            rec.end_at,
+        ),
+    )
+
+
+async def get(store: Store, sandbox_id: str) -> SandboxRecord | None:
+    row = await store.fetch_one("SELECT * FROM sandboxes WHERE id = %s", (sandbox_id,))
+    return None if row is None else SandboxRecord.from_row(row)
+
+
+async def get_live(store: Store, sandbox_id: str, team_id: uuid.UUID | None) -> SandboxRecord | None:
+    """A live sandbox, visible to ``team_id`` (None: any team, for admins and internal callers)."""
+    row = await store.fetch_one(
+        "SELECT * FROM sandboxes WHERE id = %s AND state = ANY(%s) AND (%s::uuid IS NULL OR team_id = %s::uuid)",
+        (sandbox_id, list(LIVE_STATES), team_id, team_id),
+    )
+    return None if row is None else SandboxRecord.from_row(row)
+
+
+async def mark_running(
+    store: Store, sandbox_id: str, *, envd_address: str, started_at: datetime, end_at: datetime
+) -> bool:
+    row = await store.fetch_one(
+        "UPDATE sandboxes SET state = 'running', envd_address = %s, started_at = %s, end_at = %s "
+        "WHERE id = %s AND state = 'creating' RETURNING id",
+        (envd_address, started_at, end_at, sandbox_id),
+    )
+    return row is not None
+
+
+async def delete(store: Store, sandbox_id: str) -> None:
+    async with store.connection() as conn:
+        await conn.execute("DELETE FROM sandboxes WHERE id = %s", (sandbox_id,))
+
+
+async def stop(store: Store, sandbox_id: str, *, state: SandboxState, reason: str, at: datetime) -> bool:
+    """Move a live sandbox to a final state; False when it was not live (someone else stopped it first)."""
+    row = await store.fetch_one(
+        "UPDATE sandboxes SET state = %s, stopped_at = %s, stop_reason = %s "
+        "WHERE id = %s AND state = ANY(%s) RETURNING id",
+        (state.value, at, reason, sandbox_id, list(LIVE_STATES)),
+    )
+    return row is not None
+
+
+async def set_end(store: Store, sandbox_id: str, team_id: uuid.UUID | None, end_at: datetime) -> bool:
+    row = await store.fetch_one(
+        "UPDATE sandboxes SET end_at = %s WHERE id = %s AND state = 'running' "
+        "AND (%s::uuid IS NULL OR team_id = %s::uuid) RETURNING id",
+        (end_at, sandbox_id, team_id, team_id),
+    )
+    return row is not None
+
+
+async def extend_end(store: Store, sandbox_id: str, team_id: uuid.UUID | None, end_at: datetime) -> bool:
+    """Push the end time out to ``end_at`` unless it is already later (connect and refresh only extend)."""
+    row = await store.fetch_one(
+        "UPDATE sandboxes SET end_at = GREATEST(end_at, %s) WHERE id = %s AND state = 'running' "
+        "AND (%s::uuid IS NULL OR team_id = %s::uuid) RETURNING id",
+        (end_at, sandbox_id, team_id, team_id),
+    )
+    return row is not None
+
+
+async def list_live(
+    store: Store,
+    *,
+    team_id: uuid.UUID | None,
+    metadata: Mapping[str, str],
+    template: str | None,
+    started_after: datetime | None,
+    after: tuple[datetime, str] | None,
+    descending: bool,
+    limit: int,
+) -> list[SandboxRecord]:
+    """One page of running sandboxes, keyset-paginated on (started_at, id)."""
+    order = "DESC" if descending else "ASC"
+    cmp = "<" if descending else ">"
+    sql = [
+        "SELECT * FROM sandboxes WHERE state = 'running' AND (%(team)s::uuid IS NULL OR team_id = %(team)s::uuid)",
+        "AND metadata @> %(meta)s",
+    ]
+    params: dict[str, Any] = {"team": team_id, "meta": Jsonb(dict(metadata)), "limit": limit}
+    if template is not None:
+        sql.append("AND template = %(template)s")
+        params["template"] = template
+    if started_after is not None:
+        sql.append("AND started_at > %(started_after)s")
+        params["started_after"] = started_after
+    if after is not None:
+        sql.append(f"AND (started_at, id) {cmp} (%(after_ts)s, %(after_id)s)")
+        params["after_ts"], params["after_id"] = after
+    sql.append(f"ORDER BY started_at {order}, id {order} LIMIT %(limit)s")
+    rows = await store.fetch_all(" ".join(sql), params)
+    return [SandboxRecord.from_row(r) for r in rows]
+
+
+async def count_running(store: Store, team_id: uuid.UUID | None) -> int:
+    row = await store.fetch_one(
+        "SELECT count(*) AS n FROM sandboxes WHERE state = 'running' AND (%s::uuid IS NULL OR team_id = %s::uuid)",
+        (team_id, team_id),
+    )
+    return int(row["n"]) if row else 0
+
+
+async def live_on_host(store: Store, host_id: str) -> list[SandboxRecord]:
+    rows = await store.fetch_all(
+        "SELECT * FROM sandboxes WHERE host_id = %s AND state = ANY(%s)", (host_id, list(LIVE_STATES))
+    )
+    return [SandboxRecord.from_row(r) for r in rows]
+
+
+async def expired(store: Store, now: datetime, limit: int = 100) -> list[str]:
+    rows = await store.fetch_all(
+        "SELECT id FROM sandboxes WHERE state = 'running' AND end_at <= %s ORDER BY end_at LIMIT %s", (now, limit)
+    )
+    return [r["id"] for r in rows]

@@ -1,0 +1,409 @@
+"""`SandboxService`: the one implementation of the sandbox lifecycle behind the E2B REST routes, the proxy and jobs.
+
+Create: validate -> check the template -> place on a host and record ``creating`` (one transaction, host rows
+locked) -> ask the agent (returns once envd answers) -> record ``running`` and queue the expiry job. A failure after
+the record exists removes it again and destroys whatever the agent may have started, so a failed create leaves
+nothing behind. Kill, timeout expiry and the reconciler all end in `_stop`, which tells the listeners (the proxy
+cuts the sandbox's open streams).
+
+Visibility: every call takes the caller's team; a sandbox of another team is `NotFound`, exactly like one that
+does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from urllib.parse import parse_qsl, unquote
+
+import httpx
+import structlog
+
+from wrenn.api import scheduler
+from wrenn.api.auth import hash_api_key
+from wrenn.api.clock import Clock, Ids
+from wrenn.api.hosts import HostDirectory
+from wrenn.api.jobs import Job, JobQueue
+from wrenn.api.proxy import ENVD_PORT, ProxyTarget
+from wrenn.api.sandboxes import _records as records
+from wrenn.api.sandboxes._models import (
+    Lifecycle,
+    ListedSandbox,
+    NewSandbox,
+    SandboxCreated,
+    SandboxDetail,
+    SandboxMetric,
+)
+from wrenn.api.sandboxes._records import SandboxRecord, SandboxState
+from wrenn.api.store import Store
+from wrenn.protocol.agent import CreateSandbox
+from wrenn.protocol.errors import Invalid, NotFound, WrennError
+
+_log = structlog.get_logger("wrenn.api.sandboxes")
+
+EXPIRE_JOB = "sandbox.expire"
+CLIENT_ID = "wrenn"
+
+
+@dataclass(frozen=True, slots=True)
+class SandboxConfig:
+    """The knobs of the sandbox domain (from `Settings`)."""
+
+    templates: frozenset[str]
+    domain: str | None
+    envd_version: str = "0.6.13"
+    vcpus: int = 1
+    memory_mb: int = 512
+    disk_mb: int = 2048
+    heartbeat_ttl_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    metadata: dict[str, str]
+    states: frozenset[str]
+    template: str | None
+    started_after: datetime | None
+    descending: bool
+    limit: int
+    next_token: str | None
+
+
+def parse_metadata_query(raw: str | None) -> dict[str, str]:
+    """The SDK's ``metadata`` query: ``urlencode({quote(k): quote(v)})``, so values are quoted twice."""
+    if not raw:
+        return {}
+    try:
+        return {unquote(k): unquote(v) for k, v in parse_qsl(raw, keep_blank_values=True, strict_parsing=True)}
+    except ValueError as exc:
+        raise Invalid("metadata filter must be key=value pairs joined by '&'") from exc
+
+
+def _encode_token(rec: SandboxRecord) -> str:
+    raw = json.dumps([rec.started_at.isoformat(), rec.id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_token(token: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        started, sandbox_id = json.loads(raw)
+        return datetime.fromisoformat(started), str(sandbox_id)
+    except (ValueError, TypeError) as exc:
+        raise Invalid("invalid nextToken") from exc
+
+
+class SandboxService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        queue: JobQueue,
+        hosts: HostDirectory,
+        clock: Clock,
+        ids: Ids,
+        config: SandboxConfig,
+    ) -> None:
+        self._store = store
+        self._queue = queue
+        self._hosts = hosts
+        self._clock = clock
+        self._ids = ids
+        self.config = config
+        self._stop_listeners: list[Callable[[str], object]] = []
+        self._http: httpx.AsyncClient | None = None
+
+    def on_stop(self, listener: Callable[[str], object]) -> None:
+        """Call ``listener(sandbox_id)`` whenever a sandbox stops (killed, expired, lost)."""
+        self._stop_listeners.append(listener)
+
+    def register_jobs(self) -> None:
+        self._queue.register(EXPIRE_JOB, self._expire_job)
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    # -- E2B operations -------------------------------------------------------------------------------------
+
+    async def create(self, team_id: uuid.UUID, body: NewSandbox) -> SandboxCreated:
+        if body.template_id not in self.config.templates:
+            raise NotFound(f"template '{body.template_id}' not found")
+        now = self._clock()
+        sandbox_id = self._ids.short(20)
+        token = secrets.token_hex(16) if body.secure else None
+        rec = SandboxRecord(
+            id=sandbox_id,
+            team_id=team_id,
+            host_id=None,
+            template=body.template_id,
+            state=SandboxState.CREATING,
+            metadata=dict(body.metadata),
+            vcpus=self.config.vcpus,
+            memory_mb=self.config.memory_mb,
+            disk_mb=self.config.disk_mb,
+            envd_address=None,
+            envd_version=self.config.envd_version,
+            envd_token=token,
+            allow_internet=body.allow_internet_access,
+            auto_pause=body.auto_pause,
+            created_at=now,
+            started_at=now,
+            end_at=now + timedelta(seconds=body.timeout),
+            stopped_at=None,
+            stop_reason=None,
+        )
+        async with self._store.transaction() as conn:
+            placement = await scheduler.place(
+                conn,
+                vcpus=rec.vcpus,
+                memory_mb=rec.memory_mb,
+                now=now,
+                heartbeat_ttl=timedelta(seconds=self.config.heartbeat_ttl_s),
+            )
+            rec = replace(rec, host_id=placement.host_id)
+            await records.insert(conn, rec)
+        log = _log.bind(sandbox_id=sandbox_id, host_id=placement.host_id, team_id=str(team_id))
+        agent = self._hosts.client_for(placement.host_id, placement.address)
+        spec = CreateSandbox(
+            sandbox_id=sandbox_id,
+            template=rec.template,
+            vcpus=rec.vcpus,
+            memory_mb=rec.memory_mb,
+            disk_mb=rec.disk_mb,
+            env_vars=dict(body.env_vars),
+            metadata=rec.metadata,
+            timeout_s=body.timeout,
+            envd_access_token=token,
+            allow_internet=body.allow_internet_access,
+        )
+        try:
+            info = await agent.create_sandbox(spec)
+            started = self._clock()
+            end_at = started + timedelta(seconds=body.timeout)
+            if not await records.mark_running(
+                self._store, sandbox_id, envd_address=info.envd_address, started_at=started, end_at=end_at
+            ):
+                raise NotFound(f"sandbox '{sandbox_id}' was removed while it was created")
+            await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=end_at)
+        except BaseException as exc:
+            await asyncio.shield(self._undo_create(sandbox_id, agent.destroy_sandbox))
+            if isinstance(exc, WrennError) and exc.status == 404 and "template" in exc.message.lower():
+                raise NotFound(f"template '{body.template_id}' not found") from exc
+            raise
+        log.info("sandbox created", template=rec.template, timeout=body.timeout)
+        return SandboxCreated(
+            template_id=rec.template,
+            sandbox_id=sandbox_id,
+            client_id=CLIENT_ID,
+            envd_version=rec.envd_version,
+            envd_access_token=token,
+            domain=self.config.domain,
+        )
+
+    async def _undo_create(self, sandbox_id: str, destroy: Callable[[str], object]) -> None:
+        try:
+            async with asyncio.timeout(60):
+                result = destroy(sandbox_id)
+                if asyncio.iscoroutine(result):
+                    await result
+        except Exception:  # noqa: BLE001  # best effort; the reconciler destroys leftovers
+            _log.warning("could not destroy a half-created sandbox", sandbox_id=sandbox_id, exc_info=True)
+        await records.delete(self._store, sandbox_id)
+
+    async def get(self, team_id: uuid.UUID | None, sandbox_id: str) -> SandboxDetail:
+        rec = await self._live(team_id, sandbox_id)
+        return SandboxDetail(
+            **self._listed(rec).model_dump(),
+            envd_access_token=rec.envd_token,
+            allow_internet_access=rec.allow_internet,
+            domain=self.config.domain,
+            lifecycle=Lifecycle(auto_resume=False, on_timeout="pause" if rec.auto_pause else "kill"),
+        )
+
+    async def list_page(self, team_id: uuid.UUID | None, query: ListQuery) -> tuple[list[ListedSandbox], str | None]:
+        if not query.states & {"running"}:
+            return [], None  # nothing is ever paused yet
+        after = _decode_token(query.next_token) if query.next_token else None
+        recs = await records.list_live(
+            self._store,
+            team_id=team_id,
+            metadata=query.metadata,
+            template=query.template,
+            started_after=query.started_after,
+            after=after,
+            descending=query.descending,
+            limit=query.limit + 1,
+        )
+        next_token = _encode_token(recs[query.limit - 1]) if len(recs) > query.limit else None
+        return [self._listed(r) for r in recs[: query.limit]], next_token
+
+    async def count_running(self, team_id: uuid.UUID | None) -> int:
+        return await records.count_running(self._store, team_id)
+
+    async def kill(self, team_id: uuid.UUID | None, sandbox_id: str) -> None:
+        rec = await self._live(team_id, sandbox_id)
+        await self._stop(rec, SandboxState.STOPPED, "killed")
+
+    async def set_timeout(self, team_id: uuid.UUID | None, sandbox_id: str, timeout_s: int) -> None:
+        end_at = self._clock() + timedelta(seconds=timeout_s)
+        if not await records.set_end(self._store, sandbox_id, team_id, end_at):
+            raise NotFound(f"sandbox '{sandbox_id}' not found")
+        await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=end_at)
+
+    async def connect(self, team_id: uuid.UUID | None, sandbox_id: str, timeout_s: int) -> SandboxCreated:
+        """Connect to a running sandbox: extends (never shortens) its TTL. Paused sandboxes come with pause."""
+        end_at = self._clock() + timedelta(seconds=timeout_s)
+        if not await records.extend_end(self._store, sandbox_id, team_id, end_at):
+            raise NotFound(f"sandbox '{sandbox_id}' not found")
+        rec = await self._live(team_id, sandbox_id)
+        await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=rec.end_at)
+        return SandboxCreated(
+            template_id=rec.template,
+            sandbox_id=rec.id,
+            client_id=CLIENT_ID,
+            envd_version=rec.envd_version,
+            envd_access_token=rec.envd_token,
+            domain=self.config.domain,
+        )
+
+    async def refresh(self, team_id: uuid.UUID | None, sandbox_id: str, duration_s: int) -> None:
+        end_at = self._clock() + timedelta(seconds=duration_s)
+        if not await records.extend_end(self._store, sandbox_id, team_id, end_at):
+            raise NotFound(f"sandbox '{sandbox_id}' not found")
+        rec = await self._live(team_id, sandbox_id)
+        await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=rec.end_at)
+
+    async def metrics(self, team_id: uuid.UUID | None, sandbox_id: str) -> list[SandboxMetric]:
+        """One sample read from envd's ``GET /metrics`` now; [] when envd has none (no history is kept yet)."""
+        rec = await self._live(team_id, sandbox_id)
+        if rec.envd_address is None:
+            return []
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=5.0)
+        headers = {"X-Access-Token": rec.envd_token} if rec.envd_token else {}
+        try:
+            response = await self._http.get(f"http://{rec.envd_address}/metrics", headers=headers)
+            data = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            data = None
+        if not isinstance(data, Mapping):
+            return []
+        now = self._clock()
+        try:
+            return [
+                SandboxMetric(
+                    timestamp=now,
+                    timestamp_unix=int(now.timestamp()),
+                    cpu_count=int(data.get("cpu_count", rec.vcpus)),
+                    cpu_used_pct=float(data.get("cpu_used_pct", 0.0)),
+                    mem_used=int(data.get("mem_used", 0)),
+                    mem_total=int(data.get("mem_total", rec.memory_mb << 20)),
+                    mem_cache=int(data.get("mem_cache", 0)),
+                    disk_used=int(data.get("disk_used", 0)),
+                    disk_total=int(data.get("disk_total", rec.disk_mb << 20)),
+                )
+            ]
+        except (TypeError, ValueError):
+            return []
+
+    # -- proxy backend --------------------------------------------------------------------------------------
+
+    async def proxy_target(self, sandbox_id: str) -> ProxyTarget | None:
+        rec = await records.get(self._store, sandbox_id)
+        if rec is None or rec.envd_address is None:
+            return None
+        host, _, port = rec.envd_address.rpartition(":")
+        return ProxyTarget(
+            sandbox_id=rec.id,
+            team_id=str(rec.team_id),
+            host=host or "127.0.0.1",
+            envd_port=int(port) if port.isdigit() else ENVD_PORT,
+            access_token=rec.envd_token,
+            running=rec.state is SandboxState.RUNNING,
+        )
+
+    async def team_of_api_key(self, api_key: str) -> str | None:
+        row = await self._store.fetch_one(
+            "SELECT team_id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (hash_api_key(api_key),)
+        )
+        return None if row is None else str(row["team_id"])
+
+    # -- background -----------------------------------------------------------------------------------------
+
+    async def _expire_job(self, job: Job) -> None:
+        sandbox_id = str(job.payload.get("sandbox_id", ""))
+        rec = await records.get(self._store, sandbox_id)
+        if rec is None or rec.state is not SandboxState.RUNNING:
+            return
+        if rec.end_at > self._clock():
+            return  # the TTL was extended; the job queued for the new end time does it
+        await self._stop(rec, SandboxState.STOPPED, "timeout")
+
+    async def expire_overdue(self) -> int:
+        """Stop every running sandbox past its end time (a safety net under the expiry jobs)."""
+        count = 0
+        for sandbox_id in await records.expired(self._store, self._clock()):
+            rec = await records.get(self._store, sandbox_id)
+            if rec is not None and rec.state is SandboxState.RUNNING:
+                await self._stop(rec, SandboxState.STOPPED, "timeout")
+                count += 1
+        return count
+
+    async def mark_lost(self, rec: SandboxRecord, reason: str) -> None:
+        """The reconciler found the host no longer runs this sandbox."""
+        if await records.stop(self._store, rec.id, state=SandboxState.MISSING, reason=reason, at=self._clock()):
+            self._notify(rec.id)
+
+    async def live_on_host(self, host_id: str) -> Sequence[SandboxRecord]:
+        return await records.live_on_host(self._store, host_id)
+
+    # -- internals ------------------------------------------------------------------------------------------
+
+    async def _live(self, team_id: uuid.UUID | None, sandbox_id: str) -> SandboxRecord:
+        rec = await records.get_live(self._store, sandbox_id, team_id)
+        if rec is None or rec.state is not SandboxState.RUNNING:
+            raise NotFound(f"sandbox '{sandbox_id}' not found")
+        return rec
+
+    async def _stop(self, rec: SandboxRecord, state: SandboxState, reason: str) -> None:
+        """Record the stop first (the API answers 404 at once), then destroy on the host; idempotent."""
+        if not await records.stop(self._store, rec.id, state=state, reason=reason, at=self._clock()):
+            return
+        self._notify(rec.id)
+        if rec.host_id is not None:
+            try:
+                agent = await self._hosts.client(rec.host_id)
+                await agent.destroy_sandbox(rec.id)
+            except WrennError as exc:
+                # The record is final; the reconciler destroys what the host still runs.
+                _log.warning("destroy on host failed", sandbox_id=rec.id, host_id=rec.host_id, error=exc.message)
+        _log.info("sandbox stopped", sandbox_id=rec.id, reason=reason)
+
+    def _notify(self, sandbox_id: str) -> None:
+        for listener in self._stop_listeners:
+            with contextlib.suppress(Exception):
+                listener(sandbox_id)
+
+    def _listed(self, rec: SandboxRecord) -> ListedSandbox:
+        return ListedSandbox(
+            template_id=rec.template,
+            sandbox_id=rec.id,
+            client_id=CLIENT_ID,
+            started_at=rec.started_at,
+            end_at=rec.end_at,
+            cpu_count=rec.vcpus,
+            memory_mb=rec.memory_mb,
+            disk_size_mb=rec.disk_mb,
+            state="running",
+            envd_version=rec.envd_version,
+            metadata=rec.metadata,
+        )
