@@ -1,0 +1,55 @@
+"""The agent's side of envd: readiness (``GET /health`` 204) and ``POST /init`` (env vars, access token, clock).
+
+envd is reached over the sandbox's own network at its host-reachable address. ``/init`` matters after a restore
+from a warm snapshot: the guest's clock stopped when the snapshot was taken and its env/token are the template's.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+import structlog
+
+from wrenn.agent.vmm import wait_envd
+from wrenn.protocol.errors import Unavailable
+
+_log = structlog.get_logger(__name__)
+
+
+class EnvdClient:
+    """One pooled HTTP client for all sandboxes' envd. An async context manager."""
+
+    def __init__(self, timeout: float = 30.0) -> None:
+        self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout))
+
+    async def __aenter__(self) -> EnvdClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def wait_ready(self, address: str, limit: float) -> None:
+        try:
+            await wait_envd(address, limit)
+        except TimeoutError as exc:
+            raise Unavailable(f"envd at {address} did not become healthy within {limit:.0f} s") from exc
+
+    async def init(self, address: str, *, env_vars: dict[str, str], access_token: str | None) -> None:
+        """``POST /init``. A guest without the endpoint (404: a development guest, not envd) is accepted with a
+        warning; any other failure fails the create."""
+        body: dict[str, object] = {"envVars": env_vars, "timestamp": datetime.now(UTC).isoformat()}
+        if access_token is not None:
+            body["accessToken"] = access_token
+        try:
+            response = await self._client.post(f"http://{address}/init", json=body)
+        except httpx.HTTPError as exc:
+            raise Unavailable(f"envd at {address}: POST /init failed: {exc}") from exc
+        if response.status_code == 404:
+            _log.warning("guest has no envd /init; env vars and access token not set", address=address)
+            return
+        if response.status_code >= 300:
+            raise Unavailable(f"envd at {address}: POST /init answered {response.status_code}: {response.text[:200]}")

@@ -1,0 +1,72 @@
+"""Where the agent finds a template's guest image: `ImageSource` (consumer protocol) and `BuiltImages`, which
+asks `wrenn.images.find_image` (images built by ``wrenn image build``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from wrenn.protocol.errors import NotFound, WrennError
+
+
+@dataclass(frozen=True)
+class AgentImage:
+    """A bootable guest image: kernel, optional initrd, read-only base rootfs and the base command line.
+
+    `key` identifies the exact inputs (warm snapshots are cached by it, so a rebuilt image never restores from a
+    snapshot of the old one)."""
+
+    template: str
+    kernel: Path
+    initrd: Path | None
+    rootfs: Path
+    kernel_cmdline: str
+    key: str
+    rootfs_format: str = "raw"
+
+
+class ImageSource(Protocol):
+    def find(self, template: str) -> AgentImage:
+        """The image of `template`; `NotFound` when none is built."""
+        ...
+
+
+class BuiltImages:
+    """Images from `wrenn.images.find_image(name)`."""
+
+    def find(self, template: str) -> AgentImage:
+        try:
+            from wrenn.images import find_image  # type: ignore[attr-defined,unused-ignore]
+        except ImportError as exc:
+            raise NotFound(f"template {template!r}: no image builder installed") from exc
+        try:
+            image = find_image(template)
+        except WrennError:
+            raise
+        except (LookupError, OSError, ValueError) as exc:
+            raise NotFound(f"template {template!r} has no built image: {exc}") from exc
+        if image is None:
+            raise NotFound(f"template {template!r} has no built image (run `wrenn image build {template}`)")
+        initrd = getattr(image, "initrd", None)
+        return AgentImage(
+            template=template,
+            kernel=Path(image.kernel),
+            initrd=Path(initrd) if initrd else None,
+            rootfs=Path(image.rootfs),
+            kernel_cmdline=str(image.kernel_cmdline),
+            key=str(image.key),
+        )
+
+
+class StaticImages:
+    """A fixed table of images (tests, benchmarks, development guests)."""
+
+    def __init__(self, images: dict[str, AgentImage]) -> None:
+        self._images = dict(images)
+
+    def find(self, template: str) -> AgentImage:
+        try:
+            return self._images[template]
+        except KeyError:
+            raise NotFound(f"template {template!r} not found") from None

@@ -1,0 +1,374 @@
+"""The sandbox manager: creates, destroys, lists and re-adopts this host's sandboxes (one microVM each).
+
+Create, step by step (`wrenn.agent.state.Step`; each step is persisted *before* it is taken)::
+
+    SLOT ─> NETWORK ─> DISK ─> CGROUP ─> VM ─> (envd /health 204) ─> INIT ─> RUNNING
+    slot     netns,      qcow2    limits    restore from the warm      env vars,
+             veth, TAP   overlay            snapshot, or cold boot     token, clock
+
+A failure (or cancellation) at any step undoes the steps begun, in reverse, shielded and bounded; the error
+propagates. Destroy is the same undo. States (`SandboxState`)::
+
+    CREATING ──> RUNNING ──> STOPPING ──> (record removed)
+        │            └── VMM exited on its own ──> FAILED (reported; destroy cleans up)
+        └── failure: rolled back, record removed
+
+Restart safety (`open`): every record is read back; RUNNING sandboxes whose VMM can be adopted are kept, the rest
+(half-done creates, half-done destroys, VMMs gone or not ours) are undone from their recorded steps; then the host
+resources no live sandbox owns (namespaces, links, cgroups, overlays) are removed. Timeouts are the control plane's
+job: the agent keeps a sandbox until it is told to destroy it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+
+from wrenn.agent._envd import EnvdClient
+from wrenn.agent._images import AgentImage, ImageSource
+from wrenn.agent._processes import kill_processes_mentioning
+from wrenn.agent._resources import HostFacts, HostResources, NetworkLease
+from wrenn.agent._slots import SlotAllocator
+from wrenn.agent.state import SandboxRecord, StateStore, Step
+from wrenn.agent.templates import WarmSnapshot, WarmTemplates
+from wrenn.agent.vmm import EXITED_STATES, VM, DiskFormat, VMConfig, VMDriver, VMMError
+from wrenn.protocol.agent import Accelerator, CreateSandbox, HostInfo, SandboxInfo, SandboxState
+from wrenn.protocol.errors import Conflict, Exhausted, NotFound, Unavailable, WrennError
+
+_log = structlog.get_logger(__name__)
+
+VERSION = "0.1.0"
+DISK_FILE = "disk.qcow2"
+RUN_DIR = "run"
+
+
+@dataclass
+class Limits:
+    ready_cold: float = 180.0
+    ready_restore: float = 60.0
+    stop_grace: float = 5.0
+    rollback: float = 60.0
+
+
+@dataclass
+class _Sandbox:
+    record: SandboxRecord
+    vm: VM | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class SandboxManager:
+    """Owns every sandbox of this host. Open with ``async with`` (or `open`/`aclose`): `open` recovers."""
+
+    def __init__(
+        self,
+        *,
+        store: StateStore,
+        driver: VMDriver,
+        resources: HostResources,
+        images: ImageSource,
+        templates: WarmTemplates,
+        envd: EnvdClient,
+        slots: SlotAllocator,
+        limits: Limits | None = None,
+        host_id: str = "unregistered",
+    ) -> None:
+        self._store = store
+        self._driver = driver
+        self._resources = resources
+        self._images = images
+        self._templates = templates
+        self._envd = envd
+        self._slots = slots
+        self._limits = limits or Limits()
+        self._sandboxes: dict[str, _Sandbox] = {}
+        self._forgotten: set[str] = set()
+        self._facts: HostFacts | None = None
+        self._accelerator: Accelerator | None = None
+        self.host_id = host_id
+
+    # ---- lifecycle of the manager ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> SandboxManager:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def open(self) -> None:
+        self._facts = await self._resources.open()
+        await self._recover()
+
+    async def aclose(self) -> None:
+        """Release VM handles; the VMMs keep running and are adopted by the next agent."""
+        for sandbox in self._sandboxes.values():
+            if sandbox.vm is not None:
+                await sandbox.vm.aclose()
+        self._sandboxes.clear()
+
+    # ---- queries ---------------------------------------------------------------------------------------------
+
+    def get(self, sandbox_id: str) -> SandboxInfo:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            raise NotFound(f"sandbox {sandbox_id} not found on this host")
+        return self._info(sandbox)
+
+    def list(self) -> list[SandboxInfo]:
+        return [self._info(s) for s in self._sandboxes.values()]
+
+    async def host_info(self) -> HostInfo:
+        facts = self._facts or HostFacts(cgroup_version=0, cow_backend="unknown")
+        live = [s.record.request for s in self._sandboxes.values()]
+        return HostInfo(
+            host_id=self.host_id,
+            version=VERSION,
+            accelerator=await self._get_accelerator(),
+            cgroup_version=facts.cgroup_version,
+            cow_backend=facts.cow_backend,
+            vcpus_total=os.cpu_count() or 1,
+            vcpus_used=sum(r.vcpus for r in live),
+            memory_mb_total=_memory_mb_total(),
+            memory_mb_used=sum(r.memory_mb for r in live),
+            disk_mb_free=self._resources.disk_mb_free(self._store.root),
+            sandboxes_running=sum(1 for s in self._sandboxes.values() if self._state(s) is SandboxState.RUNNING),
+        )
+
+    async def _get_accelerator(self) -> Accelerator:
+        if self._accelerator is None:
+            try:
+                self._accelerator = await self._driver.accelerator()
+            except VMMError:
+                return Accelerator.TCG  # not probed yet (no image booted): the conservative answer
+        return self._accelerator
+
+    def _state(self, sandbox: _Sandbox) -> SandboxState:
+        state = sandbox.record.state
+        if state is SandboxState.RUNNING and sandbox.vm is not None and sandbox.vm.state in EXITED_STATES:
+            return SandboxState.FAILED
+        return state
+
+    def _info(self, sandbox: _Sandbox) -> SandboxInfo:
+        record = sandbox.record
+        request = record.request
+        return SandboxInfo(
+            sandbox_id=record.sandbox_id,
+            template=request.template,
+            state=self._state(sandbox),
+            vcpus=request.vcpus,
+            memory_mb=request.memory_mb,
+            disk_mb=request.disk_mb,
+            metadata=request.metadata,
+            created_at=record.created_at,
+            envd_address=record.envd_address or "",
+            allow_internet=request.allow_internet,
+            accelerator=self._accelerator or Accelerator.TCG,
+        )
+
+    # ---- create ----------------------------------------------------------------------------------------------
+
+    async def create(self, request: CreateSandbox) -> SandboxInfo:
+        sandbox_id = request.sandbox_id
+        log = _log.bind(sandbox_id=sandbox_id, template=request.template)
+        if sandbox_id in self._sandboxes:
+            raise Conflict(f"sandbox {sandbox_id} already exists on this host")
+        image = self._images.find(request.template)
+        self._check_capacity(request)
+        slot = self._slots.allocate()
+        record = SandboxRecord(
+            sandbox_id=sandbox_id, request=request, slot=slot, steps=[Step.SLOT], created_at=datetime.now(UTC)
+        )
+        sandbox = _Sandbox(record)
+        self._sandboxes[sandbox_id] = sandbox
+        self._forgotten.discard(sandbox_id)
+        async with sandbox.lock:
+            try:
+                await self._save(record)
+                started = asyncio.get_running_loop().time()
+                warm = await self._templates.get(image, request.vcpus, request.memory_mb)
+                await self._build(sandbox, image, warm)
+                record.state = SandboxState.RUNNING
+                await self._save(record)
+                log.info(
+                    "sandbox running",
+                    restored=record.restored,
+                    seconds=round(asyncio.get_running_loop().time() - started, 3),
+                )
+            except BaseException as exc:
+                log.warning("create failed; rolling back", step=record.steps[-1].value, error=repr(exc))
+                await self._undo_shielded(sandbox)
+                if isinstance(exc, WrennError) or not isinstance(exc, Exception):
+                    raise
+                raise Unavailable(f"sandbox {sandbox_id}: create failed: {exc}") from exc
+        return self._info(sandbox)
+
+    def _check_capacity(self, request: CreateSandbox) -> None:
+        used = sum(s.record.request.memory_mb for s in self._sandboxes.values())
+        total = _memory_mb_total()
+        if used + request.memory_mb > total:
+            raise Exhausted(f"host memory exhausted: {used} of {total} MiB in use, {request.memory_mb} asked")
+
+    async def _build(self, sandbox: _Sandbox, image: AgentImage, warm: WarmSnapshot | None) -> None:
+        record = sandbox.record
+        request = record.request
+        assert record.slot is not None
+        directory = self._store.sandbox_dir(record.sandbox_id)
+
+        await self._begin(record, Step.NETWORK)
+        lease: NetworkLease = await self._resources.acquire_network(
+            record.sandbox_id, record.slot, allow_internet=request.allow_internet
+        )
+        record.netns = lease.netns
+        record.envd_address = lease.envd_address
+
+        disk = directory / DISK_FILE
+        record.disk = disk
+        await self._begin(record, Step.DISK)
+        if warm is not None:
+            record.template_key = warm.key
+            record.restored = True
+            await self._resources.create_disk(warm.disk, "qcow2", disk, request.disk_mb)
+        else:
+            await self._resources.create_disk(image.rootfs, image.rootfs_format, disk, request.disk_mb)
+
+        await self._begin(record, Step.CGROUP)
+        placement = await self._resources.create_cgroup(record.sandbox_id, request.vcpus, request.memory_mb)
+
+        run_dir = directory / RUN_DIR
+        record.run_dir = run_dir
+        await self._begin(record, Step.VM)
+        await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
+        config = VMConfig(
+            vm_id=record.sandbox_id,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            kernel_cmdline=f"{image.kernel_cmdline} {lease.kernel_args()}".strip(),
+            rootfs=disk,
+            rootfs_format=DiskFormat.QCOW2,
+            vcpus=request.vcpus,
+            memory_mb=request.memory_mb,
+            network=lease.vm_network,
+            run_dir=run_dir,
+        )
+        if warm is not None:
+            sandbox.vm = await self._driver.restore(config, warm.directory, placement)
+            limit = self._limits.ready_restore
+        else:
+            sandbox.vm = await self._driver.start(config, placement)
+            limit = self._limits.ready_cold
+        self._accelerator = self._accelerator or await self._driver.accelerator()
+        await self._envd.wait_ready(lease.envd_address, limit)
+
+        await self._begin(record, Step.INIT)
+        await self._envd.init(lease.envd_address, env_vars=request.env_vars, access_token=request.envd_access_token)
+
+    async def _begin(self, record: SandboxRecord, step: Step) -> None:
+        record.steps.append(step)
+        await self._save(record)
+
+    async def _save(self, record: SandboxRecord) -> None:
+        await asyncio.to_thread(self._store.save, record)
+
+    # ---- destroy ---------------------------------------------------------------------------------------------
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """End the sandbox and free everything it holds. Idempotent; NotFound only for ids never seen."""
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            if sandbox_id in self._forgotten:
+                return
+            raise NotFound(f"sandbox {sandbox_id} not found on this host")
+        async with sandbox.lock:
+            if sandbox_id not in self._sandboxes:
+                return  # destroyed (or rolled back) while we waited
+            sandbox.record.state = SandboxState.STOPPING
+            await self._save(sandbox.record)
+            await self._undo_shielded(sandbox)
+        _log.info("sandbox destroyed", sandbox_id=sandbox_id)
+
+    async def _undo_shielded(self, sandbox: _Sandbox) -> None:
+        """Undo, shielded from cancellation and bounded in time; a cancelled caller still waits for it."""
+        task = asyncio.ensure_future(self._undo(sandbox))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(task), self._limits.rollback)
+            raise
+
+    async def _undo(self, sandbox: _Sandbox) -> None:
+        record = sandbox.record
+        log = _log.bind(sandbox_id=record.sandbox_id)
+        try:
+            async with asyncio.timeout(self._limits.rollback):
+                await self._undo_steps(sandbox)
+        except Exception as exc:  # keep the record: the next agent start retries from it
+            log.error("undo failed; record kept for the next start", error=repr(exc))
+            raise
+        self._sandboxes.pop(record.sandbox_id, None)
+        self._forgotten.add(record.sandbox_id)
+        if record.slot is not None:
+            self._slots.free(record.slot)
+        await asyncio.to_thread(self._store.remove, record.sandbox_id)
+
+    async def _undo_steps(self, sandbox: _Sandbox) -> None:
+        record = sandbox.record
+        if record.begun(Step.VM):
+            if sandbox.vm is not None:
+                with contextlib.suppress(VMMError):
+                    await sandbox.vm.stop(grace=self._limits.stop_grace)
+                await sandbox.vm.aclose()
+                sandbox.vm = None
+            if record.run_dir is not None:
+                # A VMM we hold no handle to (crash mid-start/restore, adopt refused): by its run dir.
+                await asyncio.to_thread(kill_processes_mentioning, str(record.run_dir) + "/")
+        if record.begun(Step.CGROUP):
+            await self._resources.remove_cgroup(record.sandbox_id)
+        if record.begun(Step.DISK) and record.disk is not None:
+            await self._resources.remove_disk(record.disk)
+        if record.begun(Step.NETWORK) and record.slot is not None:
+            await self._resources.release_network(record.sandbox_id, record.slot)
+
+    # ---- restart safety --------------------------------------------------------------------------------------
+
+    async def _recover(self) -> None:
+        records, orphans = await asyncio.to_thread(self._store.load_all)
+        for directory in orphans:
+            _log.warning("removing sandbox directory without a readable record", directory=str(directory))
+            await asyncio.to_thread(kill_processes_mentioning, str(directory) + "/")
+            await asyncio.to_thread(self._store.remove, directory.name)
+        await asyncio.to_thread(self._templates.recover)
+        for record in records:
+            if record.slot is not None:
+                self._slots.claim(record.slot)
+            sandbox = _Sandbox(record)
+            self._sandboxes[record.sandbox_id] = sandbox
+            log = _log.bind(sandbox_id=record.sandbox_id, state=record.state.value)
+            if record.state is SandboxState.RUNNING and record.run_dir is not None:
+                try:
+                    sandbox.vm = await self._driver.adopt(record.run_dir)
+                except VMMError as exc:
+                    log.warning("cannot adopt the VMM; destroying the sandbox", error=str(exc))
+                else:
+                    log.info("adopted running sandbox", pid=sandbox.vm.pid)
+                    continue
+            else:
+                log.warning("undoing a half-done create or destroy", steps=[s.value for s in record.steps])
+            with contextlib.suppress(Exception):
+                await self._undo_shielded(sandbox)
+        keep = set(self._sandboxes)
+        await self._resources.cleanup_stale(keep, self._slots.used)
+
+
+def _memory_mb_total() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) // 1024
+    return 0

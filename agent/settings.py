@@ -1,0 +1,92 @@
+"""The host agent's configuration: `AgentSettings` (pydantic-settings, ``WRENN_AGENT_*`` variables).
+
+Built by the entry point (`wrenn agent`, `wrenn up`), never at import time. Whatever a test must replace — the VMM
+driver, the host resources (network, disk, cgroup), the image lookup, the envd client — is made by a factory method
+here, so a test subclasses the settings and overrides one method instead of patching internals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from wrenn.protocol.agent import Accelerator
+
+if TYPE_CHECKING:
+    from wrenn.agent._images import ImageSource
+    from wrenn.agent._resources import HostResources
+    from wrenn.agent.vmm import VMDriver
+
+
+class AgentSettings(BaseSettings):
+    """Settings of one host agent. Every field is also a ``WRENN_AGENT_<NAME>`` environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="WRENN_AGENT_", extra="ignore")
+
+    data_dir: Path = Path("/var/lib/wrenn/agent")
+    listen: str = Field(default="127.0.0.1:5007", description="host:port the agent API listens on")
+    advertise_url: str | None = Field(default=None, description="base URL the control plane calls; from listen")
+    name: str | None = Field(default=None, description="host name shown in the control plane; default: hostname")
+
+    api_url: str | None = Field(default=None, description="control plane base URL; no registration when unset")
+    registration_token: str | None = None
+    api_ca: Path | None = Field(default=None, description="CA bundle to verify the control plane's certificate")
+
+    tls_cert: Path | None = Field(default=None, description="server certificate (PEM); plain HTTP when unset")
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = Field(default=None, description="CA that client certificates must chain to (mTLS)")
+
+    driver: str = Field(default="qemu", pattern="^(qemu|fake)$")
+    qemu_binary: str = "qemu-system-x86_64"
+    accelerator: Accelerator | None = Field(default=None, description="force an accelerator instead of probing")
+
+    warm_templates: bool = Field(default=True, description="restore creates from a warm snapshot per template")
+    envd_ready_limit: float = Field(default=180.0, gt=0, description="seconds a cold boot may take to envd /health")
+    restore_ready_limit: float = Field(default=60.0, gt=0, description="seconds a restore may take to envd /health")
+    stop_grace: float = Field(default=5.0, ge=0)
+    rollback_limit: float = Field(default=60.0, gt=0, description="bound on undoing a half-done create")
+    max_slots: int = Field(default=1000, ge=1, le=16000)
+
+    @property
+    def sandboxes_dir(self) -> Path:
+        return self.data_dir / "sandboxes"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.data_dir / "templates"
+
+    def listen_address(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+    def base_url(self) -> str:
+        """The URL the control plane reaches this agent at."""
+        if self.advertise_url:
+            return self.advertise_url.rstrip("/")
+        host, port = self.listen_address()
+        scheme = "https" if self.tls_cert is not None else "http"
+        return f"{scheme}://{host}:{port}"
+
+    # ---- factories: tests override these -------------------------------------------------------------------
+
+    def make_driver(self) -> VMDriver:
+        if self.driver == "fake":
+            from wrenn.agent.vmm.fake import FakeDriver
+
+            return FakeDriver()
+        from wrenn.agent.vmm.qemu import QemuDriver
+
+        return QemuDriver(data_dir=self.data_dir, binary=self.qemu_binary, accelerator=self.accelerator)
+
+    def make_resources(self) -> HostResources:
+        from wrenn.agent._resources import HostresResources
+
+        return HostresResources(data_dir=self.data_dir, max_slots=self.max_slots)
+
+    def make_images(self) -> ImageSource:
+        from wrenn.agent._images import BuiltImages
+
+        return BuiltImages()

@@ -1,0 +1,287 @@
+"""The sandbox manager against the fake VMM driver and fake host resources: the create step machine, rollback of
+every step, idempotent destroy, warm templates, capacity, and recovery after an agent restart. No root needed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.agent.fakes import FakeResources, fake_image
+from wrenn.agent import AgentImage, SandboxManager, StateStore, StaticImages, Step, WarmTemplates
+from wrenn.agent._envd import EnvdClient
+from wrenn.agent._processes import processes_mentioning
+from wrenn.agent._slots import SlotAllocator
+from wrenn.agent.sandboxes import Limits
+from wrenn.agent.vmm import VMDriver, VMMError
+from wrenn.agent.vmm.fake import FakeDriver
+from wrenn.protocol.agent import CreateSandbox, SandboxState
+from wrenn.protocol.errors import Conflict, Exhausted, NotFound, Unavailable, WrennError
+
+
+def sid(n: int) -> str:
+    return f"sbx{n:017d}"
+
+
+class Env:
+    """One agent's parts in a temp dir; `manager()` builds a fresh manager over the same data (a restart)."""
+
+    def __init__(self, root: Path, *, warm: bool = True) -> None:
+        self.root = root
+        self.resources = FakeResources()
+        self.image: AgentImage = fake_image(root / "image")
+        self.warm = warm
+        self.envd = EnvdClient(timeout=5)
+
+    def manager(self, driver: VMDriver | None = None) -> SandboxManager:
+        driver = driver or FakeDriver()
+        slots = SlotAllocator(64)
+        templates = WarmTemplates(
+            self.root / "templates",
+            driver=driver,
+            resources=self.resources,
+            slots=slots,
+            envd=self.envd,
+            boot_limit=10,
+            enabled=self.warm,
+        )
+        return SandboxManager(
+            store=StateStore(self.root / "sandboxes"),
+            driver=driver,
+            resources=self.resources,
+            images=StaticImages({"base": self.image}),
+            templates=templates,
+            envd=self.envd,
+            slots=slots,
+            limits=Limits(ready_cold=10, ready_restore=10, stop_grace=1, rollback=20),
+        )
+
+    def nothing_left(self) -> None:
+        assert not self.resources.networks
+        assert not self.resources.cgroups
+        assert not {d for d in self.resources.disks if "templates" not in d.parts}
+        sandboxes = self.root / "sandboxes"
+        assert not sandboxes.exists() or not any(sandboxes.iterdir())
+        assert not processes_mentioning(str(sandboxes) + "/")
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A short data dir: VMM control sockets live below it and AF_UNIX paths end at 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="wa-", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        for pid in processes_mentioning(str(path)):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+async def env(short_tmp: Path) -> AsyncIterator[Env]:
+    environment = Env(short_tmp)
+    yield environment
+    await environment.envd.aclose()
+
+
+async def health(address: str) -> int:
+    async with httpx.AsyncClient(timeout=5) as client:
+        return (await client.get(f"http://{address}/health")).status_code
+
+
+async def test_create_get_list_destroy_leaves_nothing(env: Env) -> None:
+    async with env.manager() as manager:
+        info = await manager.create(CreateSandbox(sandbox_id=sid(1), template="base", metadata={"k": "v"}))
+        assert info.state is SandboxState.RUNNING
+        assert info.metadata == {"k": "v"}
+        assert await health(info.envd_address) == 204
+        assert manager.get(sid(1)) == info
+        assert [s.sandbox_id for s in manager.list()] == [sid(1)]
+        assert len(env.resources.cgroups[sid(1)]) == 1  # the VMM pid was placed in its cgroup
+        host = await manager.host_info()
+        assert (host.sandboxes_running, host.memory_mb_used, host.vcpus_used) == (1, 256, 1)
+        await manager.destroy(sid(1))
+        await manager.destroy(sid(1))  # idempotent
+        with pytest.raises(NotFound):
+            manager.get(sid(1))
+        with pytest.raises(NotFound):
+            await manager.destroy(sid(2))
+    env.nothing_left()
+
+
+async def test_second_create_restores_from_the_warm_template(env: Env) -> None:
+    async with env.manager() as manager:
+        await manager.create(CreateSandbox(sandbox_id=sid(1), template="base"))
+        await manager.create(CreateSandbox(sandbox_id=sid(2), template="base"))
+        store = StateStore(env.root / "sandboxes")
+        records = [store.load(sid(n)) for n in (1, 2)]
+        assert all(r is not None and r.restored for r in records)
+        assert [d.name for d in (env.root / "templates").iterdir()] == [WarmTemplates.shape_key(env.image, 1, 256)]
+        # A different shape gets its own warm snapshot.
+        await manager.create(CreateSandbox(sandbox_id=sid(3), template="base", memory_mb=512))
+        assert len(list((env.root / "templates").iterdir())) == 2
+        for n in (1, 2, 3):
+            await manager.destroy(sid(n))
+    env.nothing_left()
+
+
+async def test_cold_boot_when_warm_templates_are_off(short_tmp: Path) -> None:
+    tmp_path = short_tmp
+    env = Env(tmp_path, warm=False)
+    try:
+        async with env.manager() as manager:
+            await manager.create(CreateSandbox(sandbox_id=sid(1), template="base"))
+            record = StateStore(tmp_path / "sandboxes").load(sid(1))
+            assert record is not None
+            assert not record.restored
+            assert record.steps == [Step.SLOT, Step.NETWORK, Step.DISK, Step.CGROUP, Step.VM, Step.INIT]
+            await manager.destroy(sid(1))
+        env.nothing_left()
+    finally:
+        await env.envd.aclose()
+
+
+@pytest.mark.parametrize("operation", ["network", "disk", "cgroup", "placement"])
+async def test_a_failing_step_is_rolled_back(env: Env, operation: str) -> None:
+    async with env.manager() as manager:
+        await manager.create(CreateSandbox(sandbox_id=sid(1), template="base"))  # warm template made first
+        env.resources.fail_at = operation
+        with pytest.raises(Unavailable, match="injected"):
+            await manager.create(CreateSandbox(sandbox_id=sid(2), template="base"))
+        with pytest.raises(NotFound):
+            manager.get(sid(2))
+        env.resources.fail_at = None
+        await manager.destroy(sid(1))
+        # The slot and the id are free again.
+        info = await manager.create(CreateSandbox(sandbox_id=sid(2), template="base"))
+        assert info.state is SandboxState.RUNNING
+        await manager.destroy(sid(2))
+    env.nothing_left()
+
+
+async def test_envd_never_healthy_fails_the_create_and_kills_the_vmm(env: Env) -> None:
+    env.warm = False
+    async with env.manager() as manager:
+        manager._limits.ready_cold = 0.5  # the fake guest answers at once; a broken one must not hang the create
+
+        async def broken_wait(address: str, limit: float) -> None:
+            raise Unavailable(f"envd at {address} did not become healthy within {limit} s")
+
+        env.envd.wait_ready = broken_wait  # type: ignore[method-assign]
+        with pytest.raises(Unavailable, match="did not become healthy"):
+            await manager.create(CreateSandbox(sandbox_id=sid(1), template="base"))
+    env.nothing_left()
+
+
+async def test_duplicate_unknown_template_and_capacity(env: Env) -> None:
+    async with env.manager() as manager:
+        await manager.create(CreateSandbox(sandbox_id=sid(1), template="base"))
+        with pytest.raises(Conflict):
+            await manager.create(CreateSandbox(sandbox_id=sid(1), template="base"))
+        with pytest.raises(NotFound):
+            await manager.create(CreateSandbox(sandbox_id=sid(2), template="nope"))
+        with pytest.raises(Exhausted):
+            await manager.create(CreateSandbox(sandbox_id=sid(3), template="base", memory_mb=262144))
+        await manager.destroy(sid(1))
+    env.nothing_left()
+
+
+async def test_restart_adopts_running_and_undoes_half_done(env: Env) -> None:
+    manager = env.manager()
+    await manager.open()
+    a = await manager.create(CreateSandbox(sandbox_id=sid(1), template="base"))
+    await manager.create(CreateSandbox(sandbox_id=sid(2), template="base"))
+    # A crash mid-create: sid(3) got as far as a running VMM, but the record still says CREATING.
+    b = await manager.create(CreateSandbox(sandbox_id=sid(3), template="base"))
+    store = StateStore(env.root / "sandboxes")
+    record = store.load(sid(3))
+    assert record is not None
+    record.state = SandboxState.CREATING
+    record.steps = record.steps[:-1]
+    store.save(record)
+    # And a sandbox whose VMM died while the agent was down.
+    dead = store.load(sid(2))
+    assert dead is not None
+    await manager.aclose()  # handles released; the VMMs keep running
+    assert processes_mentioning(str(b.sandbox_id))
+    vm = await FakeDriver().adopt(dead.run_dir or Path())
+    await vm.kill()
+    await vm.aclose()
+    # And a directory without a record (a crash before the first write).
+    (env.root / "sandboxes" / sid(4)).mkdir()
+
+    async with env.manager() as restarted:
+        assert [s.sandbox_id for s in restarted.list()] == [sid(1)]
+        assert restarted.get(sid(1)).state is SandboxState.RUNNING
+        assert await health(a.envd_address) == 204
+        assert env.resources.stale_calls[-1][0] == {sid(1)}
+        assert not (env.root / "sandboxes" / sid(4)).exists()
+        assert not processes_mentioning(str(env.root / "sandboxes" / sid(3)))
+        # The restarted agent reuses the warm template and can destroy what it adopted.
+        await restarted.create(CreateSandbox(sandbox_id=sid(5), template="base"))
+        await restarted.destroy(sid(1))
+        await restarted.destroy(sid(5))
+    env.nothing_left()
+
+
+async def test_crash_before_vm_step_recorded_is_undone(env: Env) -> None:
+    """A record that reached DISK (overlay may exist) but no further is undone from its steps."""
+    async with env.manager() as manager:
+        await manager.create(CreateSandbox(sandbox_id=sid(1), template="base"))
+        store = StateStore(env.root / "sandboxes")
+        record = store.load(sid(1))
+        assert record is not None
+    # simulate: the agent died right after beginning DISK (VM handle released above, so kill it first)
+    vm = await FakeDriver().adopt(record.run_dir or Path())
+    await vm.kill()
+    await vm.aclose()
+    record.state = SandboxState.CREATING
+    record.steps = [Step.SLOT, Step.NETWORK, Step.DISK]
+    store.save(record)
+    async with env.manager():
+        pass
+    env.nothing_left()
+
+
+async def test_stopping_record_is_finished(env: Env) -> None:
+    async with env.manager() as manager:
+        await manager.create(CreateSandbox(sandbox_id=sid(1), template="base"))
+    store = StateStore(env.root / "sandboxes")
+    record = store.load(sid(1))
+    assert record is not None
+    record.state = SandboxState.STOPPING
+    store.save(record)
+    async with env.manager() as manager:
+        assert manager.list() == []
+    env.nothing_left()
+
+
+def test_state_file_is_json_and_atomic(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from wrenn.agent import SandboxRecord
+
+    store = StateStore(tmp_path)
+    record = SandboxRecord(
+        sandbox_id=sid(1), request=CreateSandbox(sandbox_id=sid(1), template="base"), created_at=datetime.now(UTC)
+    )
+    store.save(record)
+    assert json.loads((tmp_path / sid(1) / "state.json").read_text())["state"] == "creating"
+    assert not list((tmp_path / sid(1)).glob(".*tmp"))
+    assert store.load(sid(1)) == record
+    (tmp_path / "garbage").mkdir()
+    (tmp_path / "garbage" / "state.json").write_text("{not json")
+    records, orphans = store.load_all()
+    assert records == [record]
+    assert orphans == [tmp_path / "garbage"]
+
+
+def test_error_kinds_of_vmm_errors_are_wrenn_errors() -> None:
+    assert issubclass(VMMError, WrennError)
