@@ -15,7 +15,7 @@ from ._users import UnknownUser, User, default_user_name, lookup
 _log = logging.getLogger("envd")
 
 # Services owned by other modules; each exposes register(router_or_rpc, state). Optional while they are written.
-_OPTIONAL_SERVICES = ("_process", "_filesystem", "_files")
+_OPTIONAL_SERVICES = ("_process", "_filesystem")  # _filesystem.register also routes /files (_files)
 
 
 class Envd:
@@ -37,8 +37,8 @@ class Envd:
             if register is None:
                 _log.warning("envd module %s has no register(); skipped", name)
                 continue
-            target = self.router if name == "_files" else self.rpc
-            closer = register(self.rpc, state, settings) if name == "_process" else register(target, state)
+            extra = settings if name == "_process" else self.router  # filesystem and /files share watchers
+            closer = register(self.rpc, state, extra)
             if closer is not None:
                 self._closers.append(closer)
 
