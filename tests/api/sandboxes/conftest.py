@@ -47,7 +47,7 @@ class ThreadServer:
     def _run(self) -> None:
         try:
             self.server.run(sockets=[self._sock])
-        except BaseException as exc:  # surfaced by start()
+        except BaseException as exc:  # noqa: BLE001  # surfaced by start()
             self.error = exc
 
     def start(self) -> None:

@@ -76,10 +76,10 @@ class FakeAgent:
         cmd = [sys.executable, "-m", "wrenn.envd", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)]
         if spec.envd_access_token:
             cmd += ["--access-token", spec.envd_access_token]
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
         try:
             async with asyncio.timeout(30):
-                while not port_file.exists():
+                while not port_file.exists():  # noqa: ASYNC110  # polling envd's port file
                     if proc.poll() is not None:
                         raise RuntimeError("envd exited")
                     await asyncio.sleep(0.02)
