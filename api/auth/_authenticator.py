@@ -1,0 +1,94 @@
+"""`Authenticator`: turns the credentials on a request into a `Principal`, and passwords into sessions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+import falcon.asgi
+
+from wrenn.api.auth._keys import API_KEY_PATTERN, hash_api_key
+from wrenn.api.auth._passwords import verify_password
+from wrenn.api.auth._principal import Principal, Role
+from wrenn.api.auth._tokens import Session, SessionTokens
+from wrenn.api.clock import Clock
+from wrenn.api.openapi import Access
+from wrenn.api.store import Store
+from wrenn.protocol import Forbidden, Unauthenticated
+
+_TOUCH_EVERY = timedelta(seconds=60)  # last_used_at precision; saves a write on every request
+
+
+class Authenticator:
+    def __init__(self, store: Store, tokens: SessionTokens, clock: Clock) -> None:
+        self._store = store
+        self.tokens = tokens
+        self._clock = clock
+
+    async def authenticate(self, req: falcon.asgi.Request, access: Access) -> Principal:
+        """The principal for an operation that accepts `access`; Unauthenticated when none is usable."""
+        key = req.get_header("X-API-KEY")
+        if key is not None and access in (Access.API_KEY, Access.ANY):
+            return await self.from_api_key(key)
+        authorization = req.get_header("Authorization")
+        if authorization is not None and access in (Access.SESSION, Access.ANY):
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("Authorization must be 'Bearer <token>'")
+            return await self.from_token(token.strip())
+        wanted = {
+            Access.API_KEY: "an X-API-KEY header",
+            Access.SESSION: "an Authorization: Bearer session token",
+            Access.ANY: "an X-API-KEY header or an Authorization: Bearer session token",
+        }.get(access, "credentials")
+        raise Unauthenticated(f"missing credentials: this operation needs {wanted}")
+
+    async def from_api_key(self, key: str) -> Principal:
+        if not API_KEY_PATTERN.fullmatch(key):
+            raise Unauthenticated("invalid API key")
+        row = await self._store.fetch_one(
+            "SELECT id, team_id, last_used_at, revoked_at FROM api_keys WHERE key_hash = %s", (hash_api_key(key),)
+        )
+        if row is None:
+            raise Unauthenticated("invalid API key")
+        if row["revoked_at"] is not None:
+            raise Unauthenticated("API key revoked")
+        now = self._clock()
+        if row["last_used_at"] is None or now - row["last_used_at"] >= _TOUCH_EVERY:
+            async with self._store.connection() as conn:
+                await conn.execute("UPDATE api_keys SET last_used_at = %s WHERE id = %s", (now, row["id"]))
+        return Principal(team_id=row["team_id"], user_id=None, api_key_id=row["id"], role=Role.MEMBER, is_admin=False)
+
+    async def from_token(self, token: str) -> Principal:
+        user_id, team_id = self.tokens.verify(token)
+        row = await self._store.fetch_one(
+            "SELECT u.is_admin, m.role FROM users u "
+            "LEFT JOIN memberships m ON m.user_id = u.id AND m.team_id = %s WHERE u.id = %s",
+            (team_id, user_id),
+        )
+        if row is None:
+            raise Unauthenticated("the session's user no longer exists")
+        role = Role(row["role"]) if row["role"] is not None else None
+        # A session outlives a membership that was removed since login: it then acts for no team.
+        acting_team = team_id if role is not None else None
+        return Principal(team_id=acting_team, user_id=user_id, api_key_id=None, role=role, is_admin=row["is_admin"])
+
+    async def login(self, email: str, password: str, team_id: uuid.UUID | None = None) -> Session:
+        user = await self._store.fetch_one(
+            "SELECT id, password_hash, is_admin FROM users WHERE lower(email) = lower(%s)", (email,)
+        )
+        if not verify_password(password, user["password_hash"] if user else None) or user is None:
+            raise Unauthenticated("wrong email or password")
+        if team_id is None:
+            first = await self._store.fetch_one(
+                "SELECT team_id FROM memberships WHERE user_id = %s ORDER BY created_at, team_id LIMIT 1",
+                (user["id"],),
+            )
+            team_id = first["team_id"] if first else None
+        else:
+            member = await self._store.fetch_one(
+                "SELECT 1 AS ok FROM memberships WHERE user_id = %s AND team_id = %s", (user["id"], team_id)
+            )
+            if member is None:
+                raise Forbidden("not a member of that team")
+        return self.tokens.issue(user["id"], team_id)

@@ -1,0 +1,108 @@
+"""`JobWorkers`: the tasks that take jobs off the queue and run their handlers, owned by the app's lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+from types import TracebackType
+from typing import Self
+
+import structlog
+
+from wrenn.api.jobs._queue import Job, JobQueue
+
+_log = structlog.get_logger("wrenn.api.jobs")
+
+
+class JobWorkers:
+    """`count` worker tasks over one queue. ``async with JobWorkers(...)`` starts them; leaving stops them.
+
+    Each task loops: claim a due job, run its handler while a side task keeps the lease alive, then mark it done
+    or failed. When nothing is due it waits for the queue's wake event or `poll_seconds`, whichever comes first.
+    Stopping cancels the tasks; a job interrupted that way keeps its lease and is re-run after it expires.
+    """
+
+    def __init__(self, queue: JobQueue, *, count: int = 2, poll_seconds: float = 1.0, name: str | None = None):
+        self._queue = queue
+        self._count = count
+        self._poll = poll_seconds
+        self._name = name or f"{os.uname().nodename}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def start(self) -> None:
+        if self._tasks:
+            raise RuntimeError("job workers already started")
+        self._tasks = [
+            asyncio.create_task(self._loop(f"{self._name}/{i}"), name=f"wrenn-job-worker-{i}")
+            for i in range(self._count)
+        ]
+
+    async def aclose(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def run_once(self, worker: str | None = None) -> Job | None:
+        """Claim and run at most one job; returns it (or None when nothing was due)."""
+        job = await self._queue.claim(worker or f"{self._name}/once")
+        if job is not None:
+            await self._run(job)
+        return job
+
+    async def _loop(self, worker: str) -> None:
+        wake = self._queue.wake
+        while True:
+            try:
+                job = await self._queue.claim(worker)
+            except Exception:  # noqa: BLE001  # a database hiccup must not kill the worker; retried next poll
+                _log.exception("job claim failed", worker=worker)
+                job = None
+            if job is not None:
+                await self._run(job)
+                continue
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self._poll)
+
+    async def _run(self, job: Job) -> None:
+        handler = self._queue.handlers.get(job.kind)
+        log = _log.bind(job_id=job.id, job_kind=job.kind, attempt=job.attempts)
+        if handler is None:
+            await self._queue.fail(job, f"no handler for job kind {job.kind!r}", retry=False)
+            return
+        keeper = asyncio.create_task(self._keep_lease(job))
+        try:
+            await handler(job)
+        except Exception as exc:  # noqa: BLE001  # any handler failure is recorded on the job and retried
+            state = await self._queue.fail(job, f"{type(exc).__name__}: {exc}")
+            log.warning("job failed", error=str(exc), next_state=state.value)
+        else:
+            await self._queue.complete(job)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
+
+    async def _keep_lease(self, job: Job) -> None:
+        interval = max(self._queue.lease.total_seconds() / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await self._queue.extend(job):
+                    return
+            except Exception:  # noqa: BLE001  # keep trying; the lease is long enough to miss a beat
+                _log.exception("job lease extension failed", job_id=job.id)
