@@ -79,13 +79,13 @@ class FakeAgent:
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: ASYNC220
         try:
             async with asyncio.timeout(30):
-                while not port_file.exists():  # noqa: ASYNC110  # polling envd's port file
+                while not port_file.exists():  # polling envd's port file
                     if proc.poll() is not None:
                         raise RuntimeError("envd exited")
                     await asyncio.sleep(0.02)
                 port = int(port_file.read_text())
                 async with httpx.AsyncClient() as client:
-                    while (await client.get(f"http://127.0.0.1:{port}/health")).status_code != 204:
+                    while (await client.get(f"http://127.0.0.1:{port}/health")).status_code != 204:  # noqa: ASYNC110
                         await asyncio.sleep(0.02)
                     if spec.env_vars:
                         headers = {"X-Access-Token": spec.envd_access_token} if spec.envd_access_token else {}
