@@ -411,7 +411,7 @@ async def _pump(
             pending.cancel()
             with contextlib.suppress(BaseException):
                 await pending
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(asyncio.CancelledError, Exception):
             await disconnect
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:

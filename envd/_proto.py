@@ -316,7 +316,7 @@ class Messages:
         self._package = package
         self._cache: dict[str, type[Message]] = {}
 
-    def __getattr__(self, name: str) -> type[Message]:
+    def __getattr__(self, name: str) -> Any:  # a message class; Any because the classes are made at run time
         if name.startswith("_"):
             raise AttributeError(name)
         cls = self._cache.get(name)
