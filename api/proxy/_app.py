@@ -90,7 +90,7 @@ class SandboxProxy:
         cache_ttl_s: float = 1.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self._api = api
+        self.api = api
         self._backend = backend
         self._domain = domain
         self._cache_ttl_s = cache_ttl_s
@@ -134,7 +134,7 @@ class SandboxProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
-            await self._api(scope, receive, send)
+            await self.api(scope, receive, send)
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", ())}
         try:
@@ -143,7 +143,7 @@ class SandboxProxy:
             await _reply(send, scope, 400, {"code": 400, "message": str(exc)})
             return
         if key is None:
-            await self._api(scope, receive, send)
+            await self.api(scope, receive, send)
             return
         if scope["type"] == "websocket":
             # No WebSocket client library in the dependency set yet; refuse the handshake instead of hanging.

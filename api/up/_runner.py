@@ -1,0 +1,209 @@
+"""`run_up`: the control plane and the host agent in one process on one machine (what `wrenn up` runs).
+
+Order (undone in reverse on exit or failure): data dir -> database (``WRENN_DATABASE_URL`` or the private
+cluster) -> guest image (found, or built once) -> API + proxy on ``--listen`` (migrations in its lifespan) -> the
+first admin, team and API key (first start only) -> a one-time host token (first start only) -> the agent on a
+loopback port, which registers itself through ``POST /v1/hosts/register`` like any other host -> the connection
+settings, printed and written to ``<data-dir>/connection.env``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+import uvicorn
+
+from wrenn.api.up._postgres import PrivateCluster
+
+_log = structlog.get_logger("wrenn.api.up")
+
+CONNECTION_FILE = "connection.env"
+
+
+@dataclass(frozen=True)
+class UpOptions:
+    data_dir: Path
+    listen: str = "127.0.0.1:8000"
+    domain: str = "localhost"
+    database_url: str | None = None
+    agent_listen: str = "127.0.0.1:0"
+    build_image: bool = True
+    template: str = "base"
+
+
+def _bind(listen: str) -> socket.socket:
+    host, _, port = listen.rpartition(":")
+    sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host.strip("[]") or "127.0.0.1", int(port)))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _secret_file(path: Path) -> str:
+    """A secret persisted across restarts (0600), made on first use."""
+    if path.exists():
+        return path.read_text().strip()
+    value = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    return value
+
+
+def connection_lines(api_url: str, domain: str, api_key: str) -> list[str]:
+    return [
+        f"E2B_API_URL={api_url}",
+        f"E2B_SANDBOX_URL={api_url}",
+        f"E2B_DOMAIN={domain}",
+        f"E2B_API_KEY={api_key}",
+    ]
+
+
+async def _ensure_image(template: str, build: bool) -> None:
+    from wrenn.images import ImageNotFound, build_image, find_image
+
+    try:
+        await asyncio.to_thread(find_image, template)
+        return
+    except ImageNotFound:
+        if not build:
+            raise
+    _log.info("building the guest image (first start only; takes minutes)", template=template)
+    await asyncio.to_thread(build_image, template)
+
+
+class _NoSignals(uvicorn.Server):
+    """uvicorn without its own signal handling: `run_up`'s caller owns SIGINT/SIGTERM and stops both servers."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class _Server:
+    """One uvicorn server on an already bound socket, run as a task of the caller's loop."""
+
+    def __init__(self, app: Any, sock: socket.socket, name: str) -> None:
+        self.sock = sock
+        self.port: int = sock.getsockname()[1]
+        self.server = _NoSignals(uvicorn.Config(app, lifespan="on", log_level="warning"))
+        self.task: asyncio.Task[None] | None = None
+        self.name = name
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self.server.serve(sockets=[self.sock]), name=self.name)
+        while not self.server.started:
+            if self.task.done():
+                await self.task
+                raise RuntimeError(f"{self.name} stopped during start-up")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self.task is not None:
+            with contextlib.suppress(Exception):
+                await self.task
+        self.sock.close()
+
+
+async def run_up(
+    options: UpOptions,
+    *,
+    ready: Callable[[list[str]], Awaitable[None] | None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run until `stop` is set (or a server exits, e.g. on SIGINT)."""
+    from wrenn.agent.registration import load_identity
+    from wrenn.agent.service import create_agent_app
+    from wrenn.agent.settings import AgentSettings
+    from wrenn.api.app import deps_of
+    from wrenn.api.hosts import HostService
+    from wrenn.api.sandboxes import create_public_app
+    from wrenn.api.settings import Settings
+    from wrenn.api.tenancy import bootstrap_admin
+
+    data_dir = options.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stop = stop or asyncio.Event()
+    async with contextlib.AsyncExitStack() as stack:
+        database_url = options.database_url or os.environ.get("WRENN_DATABASE_URL")
+        if not database_url:
+            cluster = await stack.enter_async_context(PrivateCluster(data_dir))
+            database_url = cluster.url
+        await _ensure_image(options.template, options.build_image)
+
+        api_sock = _bind(options.listen)
+        api_host = options.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        shown_host = "127.0.0.1" if api_host in ("0.0.0.0", "::") else api_host  # noqa: S104
+        api_url = f"http://{shown_host}:{api_sock.getsockname()[1]}"
+        settings = Settings(
+            database_url=database_url,
+            listen=options.listen,
+            public_url=api_url,
+            domain=options.domain,
+            data_dir=data_dir,
+            jwt_secret=_secret_file(data_dir / "jwt_secret"),
+            sandbox_templates=[options.template],
+        )
+        public = create_public_app(settings)
+        deps = deps_of(public.api)
+        api = _Server(public, api_sock, "wrenn-api")
+        await api.start()
+        stack.push_async_callback(api.stop)
+
+        boot = await bootstrap_admin(deps.store)
+        conn_file = data_dir / CONNECTION_FILE
+        if boot is not None:
+            lines = connection_lines(api_url, options.domain, boot.api_key)
+            (data_dir / "admin.env").write_text(
+                f"WRENN_ADMIN_EMAIL={boot.email}\nWRENN_ADMIN_PASSWORD={boot.password}\n"
+            )
+            (data_dir / "admin.env").chmod(0o600)
+        elif conn_file.exists():
+            old = dict(line.split("=", 1) for line in conn_file.read_text().splitlines() if "=" in line)
+            lines = connection_lines(api_url, options.domain, old.get("E2B_API_KEY", ""))
+        else:
+            lines = connection_lines(api_url, options.domain, "<the key printed on first start>")
+        conn_file.write_text("\n".join(lines) + "\n")
+        conn_file.chmod(0o600)
+
+        agent_dir = data_dir / "agent"
+        token: str | None = None
+        if load_identity(agent_dir) is None:
+            hosts = deps.extras["hosts"]
+            assert isinstance(hosts, HostService)
+            token = (await hosts.create_token(created_by=None, ttl_s=600)).token
+        agent_sock = _bind(options.agent_listen)
+        agent_settings = AgentSettings(
+            data_dir=agent_dir,
+            listen=f"127.0.0.1:{agent_sock.getsockname()[1]}",
+            api_url=api_url,
+            registration_token=token,
+            name=socket.gethostname(),
+        )
+        agent_app, _runtime = create_agent_app(agent_settings)
+        agent = _Server(agent_app, agent_sock, "wrenn-agent")
+        await agent.start()
+        stack.push_async_callback(agent.stop)
+
+        for line in lines:
+            print(line, flush=True)
+        if ready is not None:
+            result = ready(lines)
+            if asyncio.iscoroutine(result):
+                await result
+        stopper = asyncio.create_task(stop.wait())
+        waiters: list[asyncio.Task[Any]] = [stopper, *(t for t in (api.task, agent.task) if t is not None)]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        _log.info("wrenn up: shutting down")
