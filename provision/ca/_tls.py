@@ -1,0 +1,118 @@
+"""TLS contexts for mutual TLS between the API and the agents, with certificates swapped without a restart.
+
+- `TLSFiles` names the PEM files one side uses: the CA it trusts, its own certificate and key, and (servers) the CRL.
+- `ReloadingServerContext` is what an agent's listener gets. Its ``context`` is a dispatcher: an ``sni_callback``
+  runs at the start of every handshake, checks the files' signatures (inode, size, mtime) and hands the connection a
+  freshly built context when anything changed — a renewed host certificate or a re-signed CRL reaches the next
+  connection, the running server never restarts. Revocation is checked by OpenSSL against the CRL
+  (``VERIFY_CRL_CHECK_LEAF``).
+- `ReloadingClientContext` is what the API's httpx client gets (``httpx.AsyncClient(verify=ctx.context)``). There
+  is no per-connection hook on a client, so ``reload()`` calls ``load_cert_chain`` on the live context: every
+  connection opened afterwards presents the new certificate, pooled connections finish with the old one.
+
+Plain HTTP is used only when no CA is configured; see `wrenn.provision.ca` for the wiring.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["ReloadingClientContext", "ReloadingServerContext", "TLSFiles", "client_context", "server_context"]
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of one TLS endpoint: the trusted CA, its own certificate and key, and the CRL it checks peers with."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    crl_file: Path | None = None
+
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(p for p in (self.ca_file, self.cert_file, self.key_file, self.crl_file) if p is not None)
+
+
+def server_context(files: TLSFiles) -> ssl.SSLContext:
+    """A server context that requires a client certificate signed by the CA and not revoked by the CRL."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(files.cert_file, files.key_file)
+    ctx.load_verify_locations(cafile=files.ca_file)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    if files.crl_file is not None:
+        ctx.load_verify_locations(cafile=files.crl_file)
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return ctx
+
+
+def client_context(files: TLSFiles) -> ssl.SSLContext:
+    """A client context that verifies the server against the CA (and hostname/IP SANs) and presents our cert."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_verify_locations(cafile=files.ca_file)
+    ctx.load_cert_chain(files.cert_file, files.key_file)
+    if files.crl_file is not None:
+        ctx.load_verify_locations(cafile=files.crl_file)
+        ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return ctx
+
+
+def _signature(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for path in paths:
+        st = os.stat(path)
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+class ReloadingServerContext:
+    """A listening context that gives each new connection a context built from the files as they are now."""
+
+    def __init__(self, files: TLSFiles) -> None:
+        self.files = files
+        self._lock = threading.Lock()  # handshakes may run on several threads (uvicorn workers, to_thread)
+        self._signature = _signature(files.paths())
+        self._current = server_context(files)
+        self.reloads = 0
+        # The dispatcher needs a certificate of its own to exist; every handshake is moved to `_current`.
+        self.context = server_context(files)
+        self.context.sni_callback = self._on_handshake
+
+    def current(self) -> ssl.SSLContext:
+        """The context new connections get; rebuilt first when any of the files changed."""
+        with self._lock:
+            signature = _signature(self.files.paths())
+            if signature != self._signature:
+                self._current = server_context(self.files)
+                self._signature = signature
+                self.reloads += 1
+            return self._current
+
+    def reload(self) -> None:
+        """Rebuild now, whether or not the files look changed."""
+        with self._lock:
+            self._current = server_context(self.files)
+            self._signature = _signature(self.files.paths())
+            self.reloads += 1
+
+    def _on_handshake(
+        self, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
+    ) -> None:
+        ssl_object.context = self.current()
+
+
+class ReloadingClientContext:
+    """One live client context whose certificate is replaced in place by `reload`."""
+
+    def __init__(self, files: TLSFiles) -> None:
+        self.files = files
+        self.context = client_context(files)
+
+    def reload(self) -> None:
+        """Load the certificate and key from the files again; connections opened from now on present them."""
+        self.context.load_cert_chain(self.files.cert_file, self.files.key_file)
