@@ -108,9 +108,13 @@ def envd_server(envd_factory: Callable[..., EnvdProcess]) -> str:
     return envd_factory().url
 
 
-@pytest.fixture
-def envd_debug_port(tmp_path: Path) -> Iterator[str]:
-    """envd on 127.0.0.1:49983, where the e2b SDK's debug mode looks; one holder at a time (lock file)."""
+@pytest.fixture(scope="module")
+def envd_debug_port(tmp_path_factory: pytest.TempPathFactory, os_user: str) -> Iterator[str]:
+    """envd on 127.0.0.1:49983, where the e2b SDK's debug mode looks; one holder at a time (lock file).
+
+    Module-scoped: a test module of SDK tests shares one envd (and holds the lock meanwhile).
+    """
+    tmp_path = tmp_path_factory.mktemp("envd-debug")
     with open(DEBUG_LOCK, "a+b") as lock:
         deadline = time.monotonic() + 300
         while True:
@@ -130,6 +134,17 @@ def envd_debug_port(tmp_path: Path) -> Iterator[str]:
                 envd.stop()
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@pytest.fixture(scope="module")
+def e2b_sandbox(envd_debug_port: str) -> Iterator[Any]:
+    """An e2b `Sandbox` in the SDK's debug mode (no REST API): every call goes to the envd on 49983."""
+    from e2b import Sandbox
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("E2B_DEBUG", "true")
+        patch.delenv("E2B_SANDBOX_URL", raising=False)
+        yield Sandbox.create()
 
 
 def _wait_port_free(port: int) -> None:
