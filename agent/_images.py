@@ -3,7 +3,8 @@ asks `wrenn.images.find_image` (images built by ``wrenn image build``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -64,6 +65,31 @@ class StaticImages:
 
     def __init__(self, images: dict[str, AgentImage]) -> None:
         self._images = dict(images)
+
+    @classmethod
+    def from_file(cls, path: Path) -> StaticImages:
+        """Read a JSON object ``{template: {kernel, initrd, rootfs, kernel_cmdline, key, rootfs_format}}``."""
+        table = json.loads(path.read_text())
+        images = {}
+        for template, spec in table.items():
+            initrd = spec.get("initrd")
+            images[template] = AgentImage(
+                template=template,
+                kernel=Path(spec["kernel"]),
+                initrd=Path(initrd) if initrd else None,
+                rootfs=Path(spec["rootfs"]),
+                kernel_cmdline=str(spec.get("kernel_cmdline", "")),
+                key=str(spec["key"]),
+                rootfs_format=str(spec.get("rootfs_format", "raw")),
+            )
+        return cls(images)
+
+    def to_file(self, path: Path) -> None:
+        table = {}
+        for template, image in self._images.items():
+            spec = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(image).items() if k != "template"}
+            table[template] = spec
+        path.write_text(json.dumps(table, indent=2))
 
     def find(self, template: str) -> AgentImage:
         try:

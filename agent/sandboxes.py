@@ -113,6 +113,23 @@ class SandboxManager:
                 await sandbox.vm.aclose()
         self._sandboxes.clear()
 
+    @property
+    def templates(self) -> WarmTemplates:
+        return self._templates
+
+    @property
+    def resources(self) -> HostResources:
+        return self._resources
+
+    @property
+    def images(self) -> ImageSource:
+        return self._images
+
+    def vmm_pid(self, sandbox_id: str) -> int | None:
+        """The VMM pid of a sandbox this agent holds a handle to (benchmarks measure its memory)."""
+        sandbox = self._sandboxes.get(sandbox_id)
+        return sandbox.vm.pid if sandbox is not None and sandbox.vm is not None else None
+
     # ---- queries ---------------------------------------------------------------------------------------------
 
     def get(self, sandbox_id: str) -> SandboxInfo:

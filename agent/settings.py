@@ -39,6 +39,9 @@ class AgentSettings(BaseSettings):
     tls_key: Path | None = None
     tls_client_ca: Path | None = Field(default=None, description="CA that client certificates must chain to (mTLS)")
 
+    images_file: Path | None = Field(
+        default=None, description="JSON table of development images (template -> kernel, rootfs, ...) to use"
+    )
     driver: str = Field(default="qemu", pattern="^(qemu|fake)$")
     qemu_binary: str = "qemu-system-x86_64"
     accelerator: Accelerator | None = Field(default=None, description="force an accelerator instead of probing")
@@ -87,6 +90,8 @@ class AgentSettings(BaseSettings):
         return HostresResources(data_dir=self.data_dir, max_slots=self.max_slots)
 
     def make_images(self) -> ImageSource:
-        from wrenn.agent._images import BuiltImages
+        from wrenn.agent._images import BuiltImages, StaticImages
 
+        if self.images_file is not None:
+            return StaticImages.from_file(self.images_file)
         return BuiltImages()

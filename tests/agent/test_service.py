@@ -23,7 +23,7 @@ from tests.agent.fakes import FakeResources, FakeSettings, fake_image
 from wrenn.agent import AgentRuntime, Registration, create_agent_app
 from wrenn.agent._processes import processes_mentioning
 from wrenn.agent.registration import load_identity
-from wrenn.protocol.agent import HostInfo, SandboxInfo, SandboxList, SandboxState
+from wrenn.protocol.agent import Accelerator, HostInfo, SandboxInfo, SandboxList, SandboxState
 from wrenn.protocol.errors import Unauthenticated
 from wrenn.protocol.hosts import RegisterHost
 
@@ -119,7 +119,7 @@ async def _info() -> HostInfo:
     return HostInfo(
         host_id="unregistered",
         version="0",
-        accelerator="tcg",  # type: ignore[arg-type]
+        accelerator=Accelerator.TCG,
         cgroup_version=1,
         cow_backend="qcow2",
         vcpus_total=2,
@@ -132,7 +132,8 @@ async def _info() -> HostInfo:
 
 
 def _registration(data_dir: Path, plane: FakeControlPlane, token: str | None) -> Registration:
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=plane.app), base_url="http://api")
+    transport = httpx.ASGITransport(app=plane.app)  # type: ignore[arg-type]
+    client = httpx.AsyncClient(transport=transport, base_url="http://api")
     return Registration(
         data_dir=data_dir,
         api_url="http://api",

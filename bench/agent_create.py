@@ -1,0 +1,199 @@
+"""Host agent benchmark: create -> envd ready through Wrenn's agent vs a bare ``qemu-system-x86_64`` launch of the
+same image to the same readiness, measured in the same run (interleaved), like with like:
+
+* restore: `SandboxManager.create` from the warm snapshot (slot, netns + TAP, qcow2 overlay, cgroup, QEMU restore
+  over QMP, envd ``/health``, envd ``/init``) vs a hand-written ``qemu -incoming exec:cat state`` of the same
+  snapshot in an already prepared namespace and overlay (network and disk setup are *not* timed for bare QEMU:
+  they are the agent's overhead being measured);
+* boot: `create` with warm templates off (cold boot) vs `bench.vm_boot.bare_qemu_boot` (user networking);
+
+plus the host memory (PSS) of each idle sandbox's VMM and creates per second with 10 in parallel.
+
+    .venv/bin/python -m bench.agent_create [--count 20] [--cold-count 5] [--parallel 10]
+
+Needs root and QEMU. The guest is the built `base` image when there is one, else the tests' tiny guest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import structlog
+
+from bench.vm_boot import bare_qemu_boot, pss_kib
+from tests.agent.e2e_support import guest_image, images_file
+from tests.agent.vmm.guest import TestGuest
+from wrenn.agent import AgentImage, AgentRuntime, AgentSettings, SandboxManager
+from wrenn.agent.vmm import wait_envd
+from wrenn.agent.vmm.qemu import host_tsc_khz
+from wrenn.protocol.agent import Accelerator, CreateSandbox
+
+LIMIT = 240.0
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _row(name: str, values: list[float], unit: str = "s") -> str:
+    if not values:
+        return f"| {name} | 0 | - | - | - | - |"
+    scale = 1000.0 if unit == "ms" else 1.0
+    p50, p95, p99 = (_pct(values, q) * scale for q in (50, 95, 99))
+    return f"| {name} | {len(values)} | {p50:.0f} | {p95:.0f} | {p99:.0f} | {statistics.mean(values) * scale:.0f} |"
+
+
+def _sid(prefix: str, n: int) -> str:
+    return f"{prefix}{n:0{20 - len(prefix)}d}"
+
+
+async def bare_restore(manager: SandboxManager, image: AgentImage, accel: Accelerator, work: Path, n: int) -> float:
+    """Restore the warm snapshot with a hand-written QEMU command line; time spawn -> envd /health 204."""
+    warm = await manager.templates.get(image, 1, 256)
+    assert warm is not None, "no warm snapshot"
+    resources = manager.resources
+    owner = _sid("bare", n)
+    slot = 900 + n
+    run = work / f"bare{n}"
+    run.mkdir(parents=True)
+    lease = await resources.acquire_network(owner, slot, allow_internet=False)
+    try:
+        disk = run / "disk.qcow2"
+        await asyncio.to_thread(
+            subprocess.run,
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(warm.disk), "-F", "qcow2", str(disk)],
+            check=True,
+        )
+        net = lease.vm_network
+        assert net.kind == "tap"
+        cmdline = f"{image.kernel_cmdline} {lease.kernel_args()}"
+        khz = host_tsc_khz()
+        if accel is Accelerator.TCG and khz:
+            cmdline += f" tsc_early_khz={khz}"
+        memory = warm.directory.parent / "memory"
+        argv = [
+            *("ip", "netns", "exec", net.netns, "qemu-system-x86_64"),
+            *("-M", f"microvm,accel={accel.value},acpi=on,memory-backend=mem"),
+            *("-cpu", "max" if accel is Accelerator.TCG else "host", "-smp", "1", "-m", "256M"),
+            *("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"),
+            *("-kernel", str(image.kernel), "-append", cmdline),
+            *(["-initrd", str(image.initrd)] if image.initrd else []),
+            *("-object", f"memory-backend-file,id=mem,size=256M,mem-path={memory},share=off"),
+            *("-drive", f"id=rootfs,file={disk},format=qcow2,if=none,discard=unmap"),
+            *("-device", "virtio-blk-device,drive=rootfs"),
+            *("-netdev", f"tap,id=net0,ifname={net.tap},script=no,downscript=no"),
+            *("-device", f"virtio-net-device,netdev=net0,mac={net.mac}"),
+            *("-serial", f"file:{run / 'console.log'}"),
+            *("-global", "migration.x-ignore-shared=on"),
+            *("-incoming", f"exec:cat {warm.directory / 'state'}"),
+        ]
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        try:
+            await wait_envd(lease.envd_address, LIMIT)
+            return time.monotonic() - started
+        finally:
+            proc.kill()
+            await proc.wait()
+    finally:
+        await resources.release_network(owner, slot)
+        shutil.rmtree(run, ignore_errors=True)
+
+
+async def wrenn_create(manager: SandboxManager, sandbox_id: str) -> float:
+    started = time.monotonic()
+    await manager.create(CreateSandbox(sandbox_id=sandbox_id, template="base"))
+    elapsed = time.monotonic() - started
+    await manager.destroy(sandbox_id)
+    return elapsed
+
+
+async def main_async(count: int, cold_count: int, parallel: int) -> None:
+    image, with_envd = guest_image()
+    work = Path(tempfile.mkdtemp(prefix="wab-", dir="/tmp"))
+    settings = AgentSettings(data_dir=work / "data", images_file=None, envd_ready_limit=LIMIT)
+    (work / "data").mkdir()
+    settings = settings.model_copy(update={"images_file": images_file(image, work / "data")})
+    cold_settings = settings.model_copy(update={"data_dir": work / "cold", "warm_templates": False})
+    (work / "cold").mkdir()
+    cold_settings = cold_settings.model_copy(update={"images_file": images_file(image, work / "cold")})
+    wrenn_restore: list[float] = []
+    bare: list[float] = []
+    wrenn_cold: list[float] = []
+    bare_cold: list[float] = []
+    try:
+        async with AgentRuntime(settings) as runtime:
+            manager = runtime.manager
+            first = await wrenn_create(manager, _sid("first", 0))  # boots the template, snapshots, restores
+            accel = (await manager.host_info()).accelerator
+            for n in range(count):
+                wrenn_restore.append(await wrenn_create(manager, _sid("r", n)))
+                bare.append(await bare_restore(manager, image, accel, work, n))
+
+            ids = [_sid("p", n) for n in range(parallel)]
+            started = time.monotonic()
+            await asyncio.gather(*(manager.create(CreateSandbox(sandbox_id=i, template="base")) for i in ids))
+            burst = time.monotonic() - started
+            pids = [p for i in ids if (p := manager.vmm_pid(i)) is not None]
+            await asyncio.sleep(2)  # let the guests go idle before measuring memory
+            pss = [pss_kib(pid) for pid in pids]
+            await asyncio.gather(*(manager.destroy(i) for i in ids))
+
+        async with AgentRuntime(cold_settings) as runtime:
+            guest = TestGuest(
+                kernel=image.kernel, initrd=image.initrd, kernel_cmdline=image.kernel_cmdline, rootfs=image.rootfs
+            )
+            for n in range(cold_count):
+                wrenn_cold.append(await wrenn_create(runtime.manager, _sid("b", n)))
+                run = work / f"bareboot{n}"
+                run.mkdir()
+                bare_cold.append((await bare_qemu_boot(guest, accel, run)).seconds)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(
+        f"host: {platform.node()}, {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, accelerator {accel.value}"
+    )
+    print(f"guest: {'built base image (envd)' if with_envd else 'tiny busybox test guest'}, 1 vCPU, 256 MiB")
+    print(f"first create (template boot + snapshot + restore): {first:.1f} s")
+    print()
+    print("| create -> envd ready (ms) | n | p50 | p95 | p99 | mean |")
+    print("|---|---|---|---|---|---|")
+    print(_row(f"Wrenn agent, restore from warm snapshot ({accel.value})", wrenn_restore, "ms"))
+    print(_row(f"bare QEMU, restore of the same snapshot ({accel.value})", bare, "ms"))
+    print(_row(f"Wrenn agent, cold boot ({accel.value})", wrenn_cold, "ms"))
+    print(_row(f"bare QEMU, cold boot ({accel.value})", bare_cold, "ms"))
+    if bare and wrenn_restore:
+        over = statistics.median(wrenn_restore) / statistics.median(bare) - 1
+        print(f"\nrestore overhead over bare QEMU (p50): {over * 100:+.0f} %")
+    if bare_cold and wrenn_cold:
+        over = statistics.median(wrenn_cold) / statistics.median(bare_cold) - 1
+        print(f"boot overhead over bare QEMU (p50): {over * 100:+.0f} %")
+    print(f"\n{parallel} creates in parallel: {burst:.1f} s = {parallel / burst:.2f} creates/s ({accel.value})")
+    if pss:
+        print(f"idle VMM PSS per sandbox: mean {statistics.mean(pss) / 1024:.0f} MiB, max {max(pss) / 1024:.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--count", type=int, default=20)
+    parser.add_argument("--cold-count", type=int, default=5)
+    parser.add_argument("--parallel", type=int, default=10)
+    args = parser.parse_args()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
+    asyncio.run(main_async(args.count, args.cold_count, args.parallel))
+
+
+if __name__ == "__main__":
+    main()
