@@ -134,9 +134,11 @@ def build_image(
             if isinstance(exc, ImageError | KeyboardInterrupt):
                 progress(BuildState.FAILED, str(exc).splitlines()[0])
             raise
-    image = image.anchored_at(final).relative_to(final).anchored_at(final)
+    built = _cache.cached(root, template.name, key)
+    if built is None:
+        raise BuildError("build", f"{final} has no readable manifest after the build")
     progress(BuildState.DONE, f"{final} in {image.build_seconds:.0f} s, rootfs {image.size_bytes >> 20} MiB")
-    return _cache.cached(root, template.name, key) or image
+    return built
 
 
 def _build(

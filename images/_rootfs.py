@@ -123,11 +123,13 @@ def run_steps(tree: Path, folder: Path, steps: tuple[Step, ...], state: ImageSta
                     progress(label, f"{name}={state.env[name]}")
             elif isinstance(step, WorkdirStep):
                 state.workdir = str(PurePosixPath(state.workdir, expand(step.path, state.env)))
+                progress(label, state.workdir)
                 in_tree(tree, ["mkdir", "-p", state.workdir], ImageState(state.env), step=label, progress=progress)
             elif isinstance(step, UserStep):
                 if step.user not in _passwd(tree):
                     raise BuildError(label, f"USER {step.user}: no such user in the image (add it with RUN useradd)")
                 state.user = step.user
+                progress(label, step.user)
             elif isinstance(step, CopyStep):
                 _copy(tree, folder, step, state, label=label, progress=progress)
 
