@@ -46,6 +46,18 @@ def database_url() -> Iterator[str]:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
+@pytest.fixture
+def empty_database(database_url: str) -> Iterator[str]:
+    """A second, empty database on the same server, for watching migrations from nothing."""
+    name = f"wrenn_mig_{secrets.token_hex(5)}"
+    server = database_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield database_url.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(server, autocommit=True) as admin:
+        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
 class FakeClock:
     """A clock tests move by hand (expired tokens, job leases) instead of sleeping."""
 

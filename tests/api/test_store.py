@@ -2,31 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from wrenn.api.store import MIGRATIONS_DIR, Store, migrate, pending_migrations, psycopg_url, yoyo_url
 from wrenn.protocol import Unavailable
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def empty_database(database_url: str) -> Iterator[str]:
-    """A second, empty database on the same server, for watching migrations from nothing."""
-    name = f"wrenn_mig_{secrets.token_hex(5)}"
-    server = database_url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield database_url.rsplit("/", 1)[0] + "/" + name
-    with psycopg.connect(server, autocommit=True) as admin:
-        admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 @pytest.mark.parametrize(
@@ -90,10 +75,14 @@ async def test_a_broken_migration_leaves_nothing_behind(empty_database: str, tmp
 
 async def test_transaction_rolls_back_on_error(store: Store) -> None:
     team_id = uuid.uuid4()
-    with pytest.raises(RuntimeError, match="boom"):
+
+    async def half_done() -> None:
         async with store.transaction() as conn:
             await conn.execute("INSERT INTO teams (id, name, created_at) VALUES (%s, 'x', now())", (team_id,))
             raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        await half_done()
     assert await store.fetch_one("SELECT id FROM teams WHERE id = %s", (team_id,)) is None
 
 
