@@ -299,13 +299,33 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
     return pool
 
 
+_FACTORIES: dict[int, Any] = {}
+
+
 def _message_class(pool: descriptor_pool.DescriptorPool, full_name: str) -> type[Message]:
+    """The class of a message, with its nested message classes reachable as attributes (`ProcessEvent.EndEvent`).
+
+    protobuf >= 4.22 has `GetMessageClass`; older ones (Debian's 3.21) need one MessageFactory per pool, kept, so
+    that a message type always maps to the same class. Their classes lack the nested-class attributes; added here.
+    """
     desc = pool.FindMessageTypeByName(full_name)
     get_class = getattr(message_factory, "GetMessageClass", None)
-    if get_class is not None:  # protobuf >= 4.22
-        cls: type[Message] = get_class(desc)
-        return cls
-    return message_factory.MessageFactory(pool).GetPrototype(desc)  # type: ignore[attr-defined,no-any-return]
+    if get_class is None:
+        factory: Any = _FACTORIES.get(id(pool))
+        if factory is None:
+            factory = _FACTORIES[id(pool)] = message_factory.MessageFactory(pool)
+        get_class = factory.GetPrototype
+    return _with_nested(desc, get_class)
+
+
+def _with_nested(desc: Any, get_class: Any) -> type[Message]:
+    cls: type[Message] = get_class(desc)
+    for nested in desc.nested_types:
+        if nested.GetOptions().map_entry:
+            continue
+        if not hasattr(cls, nested.name):
+            setattr(cls, nested.name, _with_nested(nested, get_class))
+    return cls
 
 
 class Messages:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import pwd
@@ -66,12 +67,29 @@ class EnvdProcess:
                 self.proc.wait()
 
 
-def start_envd(tmp: Path, *args: str, port: int = 0, host: str = "127.0.0.1") -> EnvdProcess:
+REPO = Path(__file__).resolve().parents[2]
+GUEST_PYTHON = "/usr/bin/python3"  # Debian's python3 + python3-protobuf: what the guest image runs envd with
+
+
+@functools.cache
+def guest_python_available() -> bool:
+    if not os.path.exists(GUEST_PYTHON):
+        return False
+    probe = subprocess.run([GUEST_PYTHON, "-c", "import google.protobuf"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+def start_envd(tmp: Path, *args: str, port: int = 0, host: str = "127.0.0.1", flavour: str = "host") -> EnvdProcess:
+    """`host`: the venv's python runs `wrenn.envd`; `guest`: Debian's python3 runs the folder as package `envd`."""
     port_file = tmp / f"envd-port-{time.monotonic_ns()}"
     log = tmp / f"envd-{time.monotonic_ns()}.log"
-    cmd = [sys.executable, "-m", "wrenn.envd", "--host", host, "--port", str(port), "--port-file", str(port_file)]
+    if flavour == "guest":
+        cmd, cwd = [GUEST_PYTHON, "-m", "envd"], str(REPO)
+    else:
+        cmd, cwd = [sys.executable, "-m", "wrenn.envd"], None
+    cmd += ["--host", host, "--port", str(port), "--port-file", str(port_file)]
     with open(log, "wb") as log_file:
-        proc = subprocess.Popen([*cmd, *args], stdout=log_file, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*cmd, *args], stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd)
     deadline = time.monotonic() + 30
     while not port_file.exists():
         if proc.poll() is not None:
@@ -87,13 +105,22 @@ def start_envd(tmp: Path, *args: str, port: int = 0, host: str = "127.0.0.1") ->
     return EnvdProcess(proc, url, log)
 
 
+@pytest.fixture(params=["host", "guest"])
+def envd_flavour(request: pytest.FixtureRequest) -> str:
+    """Every wire test runs twice: on the venv's python/protobuf and on Debian's (the guest's) python3-protobuf."""
+    flavour: str = request.param
+    if flavour == "guest" and not guest_python_available():
+        pytest.skip(f"{GUEST_PYTHON} with python3-protobuf is not installed (apt-get install python3-protobuf)")
+    return flavour
+
+
 @pytest.fixture
-def envd_factory(tmp_path: Path) -> Iterator[Callable[..., EnvdProcess]]:
+def envd_factory(tmp_path: Path, envd_flavour: str) -> Iterator[Callable[..., EnvdProcess]]:
     """Start envd subprocesses with extra flags; all are stopped at teardown."""
     started: list[EnvdProcess] = []
 
     def factory(*args: str) -> EnvdProcess:
-        envd = start_envd(tmp_path, *args)
+        envd = start_envd(tmp_path, *args, flavour=envd_flavour)
         started.append(envd)
         return envd
 
