@@ -52,6 +52,10 @@ class AgentSettings(BaseSettings):
     stop_grace: float = Field(default=5.0, ge=0)
     rollback_limit: float = Field(default=60.0, gt=0, description="bound on undoing a half-done create")
     max_slots: int = Field(default=1000, ge=1, le=16000)
+    resource_prefix: str = Field(
+        default="wrenn", pattern=r"^[a-z][a-z0-9]{0,7}$", description="prefix of namespaces, links and cgroups"
+    )
+    transit_cidr: str = Field(default="10.213.0.0/16", description="host <-> sandbox namespace /30s come from here")
 
     @property
     def sandboxes_dir(self) -> Path:
@@ -85,9 +89,9 @@ class AgentSettings(BaseSettings):
         return QemuDriver(data_dir=self.data_dir, binary=self.qemu_binary, accelerator=self.accelerator)
 
     def make_resources(self) -> HostResources:
-        from wrenn.agent._resources import HostresResources
+        from wrenn.agent._local_resources import LocalResources
 
-        return HostresResources(data_dir=self.data_dir, max_slots=self.max_slots)
+        return LocalResources(prefix=self.resource_prefix, transit=self.transit_cidr, max_slots=self.max_slots)
 
     def make_images(self) -> ImageSource:
         from wrenn.agent._images import BuiltImages, StaticImages

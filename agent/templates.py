@@ -78,10 +78,12 @@ class WarmTemplates:
         """At agent start: end VMMs of builds a crash interrupted and remove their unfinished directories."""
         if not self._root.is_dir():
             return
-        kill_processes_mentioning(str(self._root) + "/")
         for directory in self._root.iterdir():
             if directory.is_dir() and not (directory / READY).exists():
                 _log.info("removing unfinished warm template", directory=str(directory))
+                # Only the template VM's own run dir: every clone's command line names the template's
+                # memory file and state, and clones must survive.
+                kill_processes_mentioning(str(directory / "run") + "/")
                 shutil.rmtree(directory, ignore_errors=True)
 
     def keys_in_use(self) -> set[str]:

@@ -163,27 +163,23 @@ class Census:
         return out
 
 
-_WRENN = re.compile(r"^wrenn|^wr[a-z]?-")
-
-
-def census(data_dir: Path, sandbox_ids: set[str] | None = None) -> Census:
-    """Namespaces and host links named ``wrenn*``/``wr?-*``, cgroups of our sandboxes (or any ``wrenn*`` cgroup),
-    processes mentioning `data_dir`, and files under its ``sandboxes/``."""
+def census(data_dir: Path, prefix: str) -> Census:
+    """Namespaces, host links and cgroups named with the agent's resource `prefix`, processes mentioning
+    `data_dir`, and files under its ``sandboxes/``."""
+    wrenn = re.compile(rf"^{re.escape(prefix)}")
     ns = subprocess.run(["ip", "netns", "list"], check=True, capture_output=True, text=True).stdout
-    namespaces = frozenset(line.split()[0] for line in ns.splitlines() if line and _WRENN.match(line.split()[0]))
+    namespaces = frozenset(line.split()[0] for line in ns.splitlines() if line and wrenn.match(line.split()[0]))
     links_out = subprocess.run(["ip", "-o", "link", "show"], check=True, capture_output=True, text=True).stdout
     links = frozenset(
         name
         for line in links_out.splitlines()
-        if (name := line.split(":")[1].strip().split("@")[0]) and _WRENN.match(name)
+        if (name := line.split(":")[1].strip().split("@")[0]) and wrenn.match(name)
     )
     cgroups: set[str] = set()
     for controller in Path("/sys/fs/cgroup").iterdir():
         if not controller.is_dir():
             continue
-        for path in controller.glob("wrenn*"):
-            cgroups.add(str(path))
-        for path in controller.glob("wrenn*/*"):
+        for path in controller.glob(f"{prefix}*/*"):
             if path.is_dir():
                 cgroups.add(str(path))
     files = sum(len(f) for _, _, f in os.walk(data_dir / "sandboxes"))

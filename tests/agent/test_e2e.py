@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -37,6 +38,7 @@ from wrenn.protocol.agent import CreateSandbox, SandboxInfo, SandboxState
 pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
 
 TOKEN = "e2e-access-token"
+TRANSIT = f"10.{200 + secrets.randbelow(50)}.0.0/16"
 
 
 def sid(prefix: str, n: int) -> str:
@@ -62,10 +64,21 @@ def data_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def prefix() -> str:
+    """Resource names of our own: other agents (other tests, `wrenn up`) on this host use other prefixes."""
+    return f"wt{secrets.token_hex(2)}"
+
+
 @pytest.fixture
-def settings(data_dir: Path, image: tuple[AgentImage, bool]) -> AgentSettings:
+def settings(data_dir: Path, image: tuple[AgentImage, bool], prefix: str) -> AgentSettings:
     return AgentSettings(
-        data_dir=data_dir, images_file=images_file(image[0], data_dir), envd_ready_limit=240, restore_ready_limit=120
+        data_dir=data_dir,
+        images_file=images_file(image[0], data_dir),
+        envd_ready_limit=240,
+        restore_ready_limit=120,
+        resource_prefix=prefix,
+        transit_cidr=TRANSIT,
     )
 
 
@@ -76,9 +89,9 @@ async def manager(settings: AgentSettings) -> AsyncIterator[SandboxManager]:
 
 
 async def test_create_run_echo_write_read_destroy_leaves_nothing(
-    manager: SandboxManager, data_dir: Path, image: tuple[AgentImage, bool]
+    manager: SandboxManager, settings: AgentSettings, data_dir: Path, image: tuple[AgentImage, bool]
 ) -> None:
-    before = census(data_dir)
+    before = census(data_dir, settings.resource_prefix)
     info = await manager.create(
         CreateSandbox(sandbox_id=sid("e", 1), template="base", env_vars={"GREETING": "hi"}, envd_access_token=TOKEN)
     )
@@ -99,7 +112,7 @@ async def test_create_run_echo_write_read_destroy_leaves_nothing(
             assert await read_file(info.envd_address, "/home/user/hello.txt", TOKEN) == b"written by the e2e test\n"
     finally:
         await manager.destroy(info.sandbox_id)
-    after = census(data_dir)
+    after = census(data_dir, settings.resource_prefix)
     assert before.diff(after) == {}
     assert netns not in after.namespaces
     assert not processes_mentioning(str(data_dir / "sandboxes"))
@@ -107,8 +120,8 @@ async def test_create_run_echo_write_read_destroy_leaves_nothing(
         pytest.skip("envd checks need the built base image (`wrenn image build base`); lifecycle checked")
 
 
-async def test_ten_concurrent_creates(manager: SandboxManager, data_dir: Path) -> None:
-    before = census(data_dir)
+async def test_ten_concurrent_creates(manager: SandboxManager, settings: AgentSettings, data_dir: Path) -> None:
+    before = census(data_dir, settings.resource_prefix)
     requests = [CreateSandbox(sandbox_id=sid("c", n), template="base") for n in range(10)]
     started = time.monotonic()
     infos: list[SandboxInfo | BaseException] = await asyncio.gather(
@@ -126,13 +139,15 @@ async def test_ten_concurrent_creates(manager: SandboxManager, data_dir: Path) -
         print(f"10 concurrent creates in {elapsed:.1f} s")
     finally:
         await asyncio.gather(*(manager.destroy(r.sandbox_id) for r in requests), return_exceptions=True)
-    assert before.diff(census(data_dir)) == {}
+    assert before.diff(census(data_dir, settings.resource_prefix)) == {}
 
 
-async def test_hundred_create_destroy_cycles_leak_nothing(manager: SandboxManager, data_dir: Path) -> None:
+async def test_hundred_create_destroy_cycles_leak_nothing(
+    manager: SandboxManager, settings: AgentSettings, data_dir: Path
+) -> None:
     await manager.create(CreateSandbox(sandbox_id=sid("w", 0), template="base"))  # warm, then measure
     await manager.destroy(sid("w", 0))
-    before = census(data_dir)
+    before = census(data_dir, settings.resource_prefix)
     fds_before = len(os.listdir("/proc/self/fd"))
     deadline = time.monotonic() + 600
     for n in range(100):
@@ -140,7 +155,7 @@ async def test_hundred_create_destroy_cycles_leak_nothing(manager: SandboxManage
         info = await manager.create(CreateSandbox(sandbox_id=sid("l", n), template="base"))
         assert info.state is SandboxState.RUNNING
         await manager.destroy(info.sandbox_id)
-    after = census(data_dir)
+    after = census(data_dir, settings.resource_prefix)
     assert before.diff(after) == {}
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 2  # the agent leaks no descriptors either
 
@@ -168,6 +183,8 @@ class AgentProcess:
             "WRENN_AGENT_IMAGES_FILE": str(self.settings.images_file),
             "WRENN_AGENT_ENVD_READY_LIMIT": "240",
             "WRENN_AGENT_RESTORE_READY_LIMIT": "120",
+            "WRENN_AGENT_RESOURCE_PREFIX": self.settings.resource_prefix,
+            "WRENN_AGENT_TRANSIT_CIDR": self.settings.transit_cidr,
         }
         argv = [sys.executable, "-m", "wrenn.cli", "agent", "--data-dir", str(self.settings.data_dir)]
         with self.log.open("ab") as log:
@@ -211,7 +228,7 @@ async def _wait_for_step(store: StateStore, sandbox_id: str, step: Step, limit: 
 
 @pytest.mark.parametrize("kill_at", [Step.DISK, Step.VM])
 async def test_sigkill_mid_create_then_restart(settings: AgentSettings, data_dir: Path, kill_at: Step) -> None:
-    before = census(data_dir)
+    before = census(data_dir, settings.resource_prefix)
     agent = AgentProcess(settings, data_dir / f"agent-{kill_at.value}.log")
     store = StateStore(data_dir / "sandboxes")
     keep, doomed = sid(f"k{kill_at.value[0]}", 1), sid(f"d{kill_at.value[0]}", 2)
@@ -233,7 +250,7 @@ async def test_sigkill_mid_create_then_restart(settings: AgentSettings, data_dir
         await agent.wait_ready()
         async with httpx.AsyncClient(base_url=agent.url, timeout=300) as client:
             listed = (await client.get("/v1/sandboxes")).json()["sandboxes"]
-            assert [(s["sandbox_id"], s["state"]) for s in listed] == [(keep, "running")]
+            assert [(s["sandbox_id"], s["state"]) for s in listed] == [(keep, "running")], agent.log.read_text()[-5000:]
             assert not processes_mentioning(str(store.sandbox_dir(doomed)))
             assert store.load(doomed) is None
             assert await envd_health(kept.envd_address) == 204  # still usable after the restart
@@ -244,4 +261,4 @@ async def test_sigkill_mid_create_then_restart(settings: AgentSettings, data_dir
                 assert (await client.delete(f"/v1/sandboxes/{sandbox_id}")).status_code == 204
     finally:
         agent.stop()
-    assert before.diff(census(data_dir)) == {}
+    assert before.diff(census(data_dir, settings.resource_prefix)) == {}
