@@ -23,7 +23,7 @@ def _allowed(name: str) -> bool:
 
 def _imports(path: Path) -> list[tuple[int, str, int]]:
     """(line, module name, relative level) of every import in the file."""
-    found = []
+    found: list[tuple[int, str, int]] = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             found.extend((node.lineno, alias.name, 0) for alias in node.names)
