@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import falcon.asgi
@@ -43,7 +44,7 @@ def operations(deps: Deps) -> list[Operation]:
 
     async def create_user(req: falcon.asgi.Request, resp: falcon.asgi.Response, *, body: UserCreate) -> User:
         _require_admin(principal_of(req))
-        password_hash = hash_password(body.password)
+        password_hash = await asyncio.to_thread(hash_password, body.password)  # scrypt: keep the loop free
         async with store.connection() as conn:
             return await _repo.insert_user(
                 conn,
