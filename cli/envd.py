@@ -7,12 +7,14 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
+    from wrenn.envd.__main__ import add_arguments
+
     parser: argparse.ArgumentParser = sub.add_parser("envd", help="run envd (the guest agent) on this host")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to wrenn-envd")
+    add_arguments(parser)
     parser.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from wrenn.envd.__main__ import main
+    from wrenn.envd.__main__ import run, settings_from
 
-    return main(list(args.args))
+    return run(settings_from(args))

@@ -15,8 +15,8 @@ from ._app import create_server
 from ._state import Settings
 
 
-def _parse(argv: Sequence[str] | None) -> Settings:
-    parser = argparse.ArgumentParser(prog="wrenn-envd", description="E2B-compatible guest agent")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """envd's flags; also used by `wrenn envd`."""
     parser.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0)")  # noqa: S104
     parser.add_argument("--port", type=int, default=49983, help="TCP port (default 49983; 0 = any free port)")
     parser.add_argument("--set-clock", action="store_true", help="let POST /init set the system clock (guest only)")
@@ -24,7 +24,10 @@ def _parse(argv: Sequence[str] | None) -> Settings:
     parser.add_argument("--exited-retention", type=float, default=30.0, help="seconds an exited process stays")
     parser.add_argument("--port-file", help="write the bound port to this file once listening (for tests)")
     parser.add_argument("--log-level", default=os.environ.get("ENVD_LOG_LEVEL", "WARNING"))
-    args = parser.parse_args(argv)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """Settings from parsed flags; configures logging (entry points only)."""
     settings = Settings(
         host=args.host,
         port=args.port,
@@ -35,6 +38,11 @@ def _parse(argv: Sequence[str] | None) -> Settings:
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return settings
+
+
+def run(settings: Settings) -> int:
+    asyncio.run(_run(settings))
+    return 0
 
 
 async def _run(settings: Settings) -> None:
@@ -62,9 +70,9 @@ def _write_port(path: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = _parse(argv)
-    asyncio.run(_run(settings))
-    return 0
+    parser = argparse.ArgumentParser(prog="wrenn-envd", description="E2B-compatible guest agent")
+    add_arguments(parser)
+    return run(settings_from(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

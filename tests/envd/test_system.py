@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -96,3 +103,56 @@ def test_unknown_route_is_json_404(http: httpx.Client) -> None:
     response = http.get("/nowhere")
     assert response.status_code == 404
     assert response.json() == {"code": 404, "message": "no route for /nowhere"}
+
+
+def test_wrenn_envd_cli_serves(tmp_path: Path) -> None:
+    port_file = tmp_path / "port"
+    wrenn = Path(sys.executable).parent / "wrenn"
+    cmd = [str(wrenn), "envd", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)]
+    with subprocess.Popen(cmd) as proc:
+        try:
+            deadline = time.monotonic() + 30
+            while not port_file.exists():
+                assert proc.poll() is None, "wrenn envd exited"
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            with httpx.Client() as client:
+                assert client.get(f"http://127.0.0.1:{port_file.read_text()}/health").status_code == 204
+        finally:
+            proc.terminate()
+    assert proc.returncode == 0  # SIGTERM is a clean shutdown
+
+
+@pytest.mark.root
+def test_clock_that_cannot_be_set_is_logged_not_an_error(os_user: str) -> None:
+    """envd with --set-clock but without the privilege (runs as `user`): /init still answers 204."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to drop privileges")
+    entry = pwd.getpwnam(os_user)
+    with tempfile.TemporaryDirectory(prefix="envd-clock-") as tmp:  # pytest's tmp_path is not reachable by `user`
+        os.chmod(tmp, 0o777)
+        _clock_as_user(Path(tmp), setpriv, entry)
+
+
+def _clock_as_user(tmp_path: Path, setpriv: str, entry: pwd.struct_passwd) -> None:
+    port_file = tmp_path / "port"
+    log = tmp_path / "envd.log"
+    drop = [setpriv, f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
+    cmd = [*drop, sys.executable, "-m", "wrenn.envd", "--host", "127.0.0.1", "--port", "0"]
+    cmd += ["--port-file", str(port_file), "--set-clock", "--log-level", "INFO"]
+    with open(log, "wb") as out, subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT) as proc:
+        try:
+            deadline = time.monotonic() + 30
+            while not port_file.exists():
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            url = f"http://127.0.0.1:{port_file.read_text()}"
+            before = time.time()
+            with httpx.Client() as client:
+                assert client.post(url + "/init", json={"timestamp": "2001-01-01T00:00:00Z"}).status_code == 204
+            assert time.time() >= before
+        finally:
+            proc.terminate()
+    assert "cannot set the clock" in log.read_text()
