@@ -25,6 +25,7 @@ LEFT JOIN (
 ) s ON s.host_id = h.id
 WHERE h.state = 'ready' AND h.last_heartbeat_at > %(fresh)s
 ORDER BY h.id
+FOR UPDATE OF h
 """
 
 
@@ -46,7 +47,6 @@ async def place(
     overcommit_vcpus: float = 4.0,
 ) -> Placement:
     """Pick a host inside the caller's transaction (its rows stay locked until the transaction ends)."""
-    await conn.execute("SELECT id FROM hosts WHERE state = 'ready' ORDER BY id FOR UPDATE")
     cur = await conn.execute(_CANDIDATES, {"fresh": now - heartbeat_ttl})
     rows = await cur.fetchall()
     if not rows:

@@ -49,6 +49,11 @@ class HostDirectory:
         return client
 
     async def client(self, host_id: str) -> AgentClient:
+        """The agent client of a host; the database is read only for a host this process has not called yet
+        (an address change reaches existing clients through `client_for`, called by placement and reconciler)."""
+        cached = self._clients.get(host_id)
+        if cached is not None:
+            return cached
         host = await get_host(self._store, host_id)
         if host is None:
             raise Unavailable(f"host {host_id} is not registered")

@@ -44,9 +44,9 @@ _HOP_BY_HOP = frozenset(
         "transfer-encoding",
         "upgrade",
         "host",
-        "content-length",
     }
 )
+_BUFFER_LIMIT = 64 * 1024
 # envd paths that authenticate themselves without the access token header (reference 3.5).
 _TOKEN_FREE_PATHS = ("/health", "/files")
 
@@ -95,6 +95,7 @@ class SandboxProxy:
         self._domain = domain
         self._cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[float, ProxyTarget | None]] = {}
+        self._key_cache: dict[str, tuple[float, str | None]] = {}
         self._streams: dict[str, set[_Stream]] = {}
         self._client = httpx.AsyncClient(
             transport=transport,
@@ -116,6 +117,10 @@ class SandboxProxy:
             for stream in streams:
                 stream.cut.set()
         await self._client.aclose()
+
+    def remember(self, target: ProxyTarget) -> None:
+        """Cache a route the sandbox domain just learned (a sandbox started), saving the first lookup."""
+        self._cache[target.sandbox_id] = (time.monotonic(), target)
 
     def invalidate(self, sandbox_id: str) -> None:
         """Forget the cached route of a sandbox (its state or address changed)."""
@@ -160,6 +165,17 @@ class SandboxProxy:
         self._cache[sandbox_id] = (now, target)
         return target
 
+    async def _team_of(self, api_key: str) -> str | None:
+        now = time.monotonic()
+        cached = self._key_cache.get(api_key)
+        if cached is not None and now - cached[0] < self._cache_ttl_s:
+            return cached[1]
+        team = await self._backend.team_of_api_key(api_key)
+        if len(self._key_cache) > 10000:
+            self._key_cache.clear()
+        self._key_cache[api_key] = (now, team)
+        return team
+
     async def _proxy_http(
         self, scope: Scope, receive: Receive, send: Send, key: RouteKey, headers: dict[str, str]
     ) -> None:
@@ -168,7 +184,7 @@ class SandboxProxy:
             await _not_found(send, scope, key.sandbox_id)
             return
         api_key = headers.get("x-api-key")
-        if api_key is not None and await self._backend.team_of_api_key(api_key) != target.team_id:
+        if api_key is not None and await self._team_of(api_key) != target.team_id:
             await _not_found(send, scope, key.sandbox_id)
             return
         path: str = scope.get("path", "/")
@@ -191,12 +207,22 @@ class SandboxProxy:
             url += "?" + query.decode("latin-1")
         fwd = [(k, v) for k, v in headers.items() if k not in _HOP_BY_HOP]
         body_done = asyncio.Event()
+        has_body = "content-length" in headers or "transfer-encoding" in headers
+        if not has_body:
+            body_done.set()
         stream = _Stream()
         self._streams.setdefault(key.sandbox_id, set()).add(stream)
         try:
-            request = self._client.build_request(
-                scope["method"], url, headers=fwd, content=_request_body(receive, body_done)
-            )
+            # A body only when the client sent one (a streamed empty body would go out chunked, an extra write);
+            # small bodies (RPC requests) are read whole and sent in one write, large ones streamed.
+            content: bytes | AsyncIterator[bytes] | None = None
+            if has_body:
+                length = headers.get("content-length", "")
+                if length.isdigit() and int(length) <= _BUFFER_LIMIT:
+                    content = b"".join([chunk async for chunk in _request_body(receive, body_done)])
+                else:
+                    content = _request_body(receive, body_done)
+            request = self._client.build_request(scope["method"], url, headers=fwd, content=content)
             try:
                 upstream = await _race(self._client.send(request, stream=True), stream.cut)
             except httpx.TransportError:

@@ -88,11 +88,12 @@ def register(app: falcon.asgi.App[Any, Any], deps: Deps) -> None:
 
 def create_public_app(settings: Settings, **kwargs: Any) -> SandboxProxy:
     """The app to serve on the public port: the sandbox proxy in front of the REST API."""
-    from wrenn.api.app import create_app
+    from wrenn.api.app import create_app, deps_of
 
     app = create_app(settings, **kwargs)
-    deps: Deps = app.deps  # type: ignore[attr-defined]
+    deps = deps_of(app)
     proxy = SandboxProxy(app, service_of(deps), domain=settings.domain)
     service_of(deps).on_stop(proxy.cut)
+    service_of(deps).on_start(proxy.remember)
     deps.on_shutdown(proxy.aclose)
     return proxy

@@ -123,20 +123,29 @@ async def get_live(store: Store, sandbox_id: str, team_id: uuid.UUID | None) -> 
     return None if row is None else SandboxRecord.from_row(row)
 
 
-async def mark_running(
-    store: Store, sandbox_id: str, *, envd_address: str, started_at: datetime, end_at: datetime
-) -> bool:
+async def mark_running(store: Store, sandbox_id: str, *, envd_address: str) -> SandboxRecord | None:
     row = await store.fetch_one(
-        "UPDATE sandboxes SET state = 'running', envd_address = %s, started_at = %s, end_at = %s "
-        "WHERE id = %s AND state = 'creating' RETURNING id",
-        (envd_address, started_at, end_at, sandbox_id),
+        "UPDATE sandboxes SET state = 'running', envd_address = %s WHERE id = %s AND state = 'creating' RETURNING *",
+        (envd_address, sandbox_id),
     )
-    return row is not None
+    return None if row is None else SandboxRecord.from_row(row)
 
 
 async def delete(store: Store, sandbox_id: str) -> None:
     async with store.connection() as conn:
         await conn.execute("DELETE FROM sandboxes WHERE id = %s", (sandbox_id,))
+
+
+async def stop_running(
+    store: Store, sandbox_id: str, team_id: uuid.UUID | None, *, reason: str, at: datetime
+) -> SandboxRecord | None:
+    """Stop a running sandbox of ``team_id`` in one statement; None when there is no such sandbox."""
+    row = await store.fetch_one(
+        "UPDATE sandboxes SET state = 'stopped', stopped_at = %s, stop_reason = %s "
+        "WHERE id = %s AND state = 'running' AND (%s::uuid IS NULL OR team_id = %s::uuid) RETURNING *",
+        (at, reason, sandbox_id, team_id, team_id),
+    )
+    return None if row is None else SandboxRecord.from_row(row)
 
 
 async def stop(store: Store, sandbox_id: str, *, state: SandboxState, reason: str, at: datetime) -> bool:

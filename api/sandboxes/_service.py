@@ -44,7 +44,7 @@ from wrenn.api.sandboxes._models import (
 from wrenn.api.sandboxes._records import SandboxRecord, SandboxState
 from wrenn.api.store import Store
 from wrenn.protocol.agent import CreateSandbox
-from wrenn.protocol.errors import Invalid, NotFound, WrennError
+from wrenn.protocol.errors import Conflict, Invalid, NotFound, WrennError
 
 _log = structlog.get_logger("wrenn.api.sandboxes")
 
@@ -118,11 +118,16 @@ class SandboxService:
         self._ids = ids
         self.config = config
         self._stop_listeners: list[Callable[[str], object]] = []
+        self._start_listeners: list[Callable[[ProxyTarget], object]] = []
         self._http: httpx.AsyncClient | None = None
 
     def on_stop(self, listener: Callable[[str], object]) -> None:
         """Call ``listener(sandbox_id)`` whenever a sandbox stops (killed, expired, lost)."""
         self._stop_listeners.append(listener)
+
+    def on_start(self, listener: Callable[[ProxyTarget], object]) -> None:
+        """Call ``listener(target)`` when a sandbox starts running (the proxy learns its route without a query)."""
+        self._start_listeners.append(listener)
 
     def register_jobs(self) -> None:
         self._queue.register(EXPIRE_JOB, self._expire_job)
@@ -186,14 +191,15 @@ class SandboxService:
             allow_internet=body.allow_internet_access,
         )
         try:
-            info = await agent.create_sandbox(spec)
-            started = self._clock()
-            end_at = started + timedelta(seconds=body.timeout)
-            if not await records.mark_running(
-                self._store, sandbox_id, envd_address=info.envd_address, started_at=started, end_at=end_at
-            ):
+            # The expiry job is queued while the agent works (it only acts on a running sandbox past its end).
+            info, _job = await asyncio.gather(
+                agent.create_sandbox(spec),
+                self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=rec.end_at),
+            )
+            running = await records.mark_running(self._store, sandbox_id, envd_address=info.envd_address)
+            if running is None:
                 raise NotFound(f"sandbox '{sandbox_id}' was removed while it was created")
-            await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=end_at)
+            self._notify_start(running)
         except BaseException as exc:
             await asyncio.shield(self._undo_create(sandbox_id, agent.destroy_sandbox))
             if isinstance(exc, WrennError) and exc.status == 404 and "template" in exc.message.lower():
@@ -250,8 +256,11 @@ class SandboxService:
         return await records.count_running(self._store, team_id)
 
     async def kill(self, team_id: uuid.UUID | None, sandbox_id: str) -> None:
-        rec = await self._live(team_id, sandbox_id)
-        await self._stop(rec, SandboxState.STOPPED, "killed")
+        rec = await records.stop_running(self._store, sandbox_id, team_id, reason="killed", at=self._clock())
+        if rec is None:
+            raise NotFound(f"sandbox '{sandbox_id}' not found")
+        self._notify(rec.id)
+        await self._destroy_on_host(rec, "killed")
 
     async def set_timeout(self, team_id: uuid.UUID | None, sandbox_id: str, timeout_s: int) -> None:
         end_at = self._clock() + timedelta(seconds=timeout_s)
@@ -321,15 +330,13 @@ class SandboxService:
         rec = await records.get(self._store, sandbox_id)
         if rec is None or rec.envd_address is None:
             return None
-        host, _, port = rec.envd_address.rpartition(":")
-        return ProxyTarget(
-            sandbox_id=rec.id,
-            team_id=str(rec.team_id),
-            host=host or "127.0.0.1",
-            envd_port=int(port) if port.isdigit() else ENVD_PORT,
-            access_token=rec.envd_token,
-            running=rec.state is SandboxState.RUNNING,
-        )
+        return _target(rec)
+
+    def _notify_start(self, rec: SandboxRecord) -> None:
+        target = _target(rec)
+        for listener in self._start_listeners:
+            with contextlib.suppress(Exception):
+                listener(target)
 
     async def team_of_api_key(self, api_key: str) -> str | None:
         row = await self._store.fetch_one(
@@ -342,6 +349,8 @@ class SandboxService:
     async def _expire_job(self, job: Job) -> None:
         sandbox_id = str(job.payload.get("sandbox_id", ""))
         rec = await records.get(self._store, sandbox_id)
+        if rec is not None and rec.state is SandboxState.CREATING:
+            raise Conflict(f"sandbox '{sandbox_id}' is still being created; expiry retried")
         if rec is None or rec.state is not SandboxState.RUNNING:
             return
         if rec.end_at > self._clock():
@@ -379,6 +388,9 @@ class SandboxService:
         if not await records.stop(self._store, rec.id, state=state, reason=reason, at=self._clock()):
             return
         self._notify(rec.id)
+        await self._destroy_on_host(rec, reason)
+
+    async def _destroy_on_host(self, rec: SandboxRecord, reason: str) -> None:
         if rec.host_id is not None:
             try:
                 agent = await self._hosts.client(rec.host_id)
@@ -407,3 +419,15 @@ class SandboxService:
             envd_version=rec.envd_version,
             metadata=rec.metadata,
         )
+
+
+def _target(rec: SandboxRecord) -> ProxyTarget:
+    host, _, port = (rec.envd_address or "").rpartition(":")
+    return ProxyTarget(
+        sandbox_id=rec.id,
+        team_id=str(rec.team_id),
+        host=host or "127.0.0.1",
+        envd_port=int(port) if port.isdigit() else ENVD_PORT,
+        access_token=rec.envd_token,
+        running=rec.state is SandboxState.RUNNING,
+    )

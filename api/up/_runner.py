@@ -42,7 +42,10 @@ class UpOptions:
 
 def _bind(listen: str) -> socket.socket:
     host, _, port = listen.rpartition(":")
-    sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET, socket.SOCK_STREAM)
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose proto says TCP, and
+    # without it every streamed response (Connect server-streams) waits ~40 ms on Nagle + delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host.strip("[]") or "127.0.0.1", int(port)))
     sock.set_inheritable(True)

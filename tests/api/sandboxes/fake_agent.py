@@ -49,7 +49,11 @@ class _Sandbox:
 class FakeAgent:
     """State of the double; `app()` is its ASGI app. `fail_next_create` makes the next create answer 503."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shared_envd: bool = False) -> None:
+        """``shared_envd``: every sandbox is the same long-lived envd (no access token), so a create costs next to
+        nothing and benchmarks see the control plane alone."""
+        self.shared_envd = shared_envd
+        self._shared: tuple[subprocess.Popen[bytes], int] | None = None
         self.sandboxes: dict[str, _Sandbox] = {}
         self.fail_next_create = False
         self.creates = 0
@@ -72,6 +76,19 @@ class FakeAgent:
 
     async def create(self, spec: CreateSandbox) -> SandboxInfo:
         self.creates += 1
+        if self.shared_envd:
+            if self._shared is None:
+                proc, port = await self._start_envd(spec.model_copy(update={"envd_access_token": None}))
+                self._shared = (proc, port)
+            sandbox = _Sandbox(spec, self._shared[0], self._shared[1])
+            self.sandboxes[spec.sandbox_id] = sandbox
+            return sandbox.info()
+        proc, port = await self._start_envd(spec)
+        sandbox = _Sandbox(spec, proc, port)
+        self.sandboxes[spec.sandbox_id] = sandbox
+        return sandbox.info()
+
+    async def _start_envd(self, spec: CreateSandbox) -> tuple[subprocess.Popen[bytes], int]:
         port_file = Path(self._tmp.name) / f"{spec.sandbox_id}.port"
         cmd = [sys.executable, "-m", "wrenn.envd", "--host", "127.0.0.1", "--port", "0", "--port-file", str(port_file)]
         if spec.envd_access_token:
@@ -95,20 +112,22 @@ class FakeAgent:
         except BaseException:
             _stop(proc)
             raise
-        sandbox = _Sandbox(spec, proc, port)
-        self.sandboxes[spec.sandbox_id] = sandbox
-        return sandbox.info()
+        return proc, port
 
     def destroy(self, sandbox_id: str) -> bool:
         sandbox = self.sandboxes.pop(sandbox_id, None)
         if sandbox is None:
             return False
-        _stop(sandbox.proc)
+        if not self.shared_envd:
+            _stop(sandbox.proc)
         return True
 
     def close(self) -> None:
         for sandbox_id in list(self.sandboxes):
             self.destroy(sandbox_id)
+        if self._shared is not None:
+            _stop(self._shared[0])
+            self._shared = None
         self._tmp.cleanup()
 
     def app(self) -> falcon.asgi.App[Any, Any]:

@@ -36,8 +36,8 @@ def test_cli_create_list_exec_files_kill(
         assert _cli_only(captured.out) == "out\n"
         assert _cli_only(captured.err) == "err\n"
         monkeypatch.setattr("sys.stdin", type("S", (), {"buffer": io.BytesIO(b"cli bytes")})())
-        assert main(["sandbox", "files", "write", sandbox_id, "/tmp/wrenn-cli-test.txt"]) == 0
-        assert main(["sandbox", "files", "read", sandbox_id, "/tmp/wrenn-cli-test.txt"]) == 0
+        assert main(["sandbox", "files", "write", sandbox_id, f"/tmp/wrenn-cli-test-{sandbox_id}.txt"]) == 0
+        assert main(["sandbox", "files", "read", sandbox_id, f"/tmp/wrenn-cli-test-{sandbox_id}.txt"]) == 0
         assert _cli_only(capsys.readouterr().out) == "cli bytes"
     finally:
         assert main(["sandbox", "kill", sandbox_id]) == 0

@@ -217,8 +217,10 @@ def test_sdk_end_to_end(e2b_env: Stack) -> None:
     sbx = Sandbox.create("base", timeout=120, metadata={"suite": "sdk"})
     try:
         assert sbx.is_running()
-        sbx.files.write("/tmp/wrenn-sdk-test.txt", "hello from the sdk")
-        assert sbx.files.read("/tmp/wrenn-sdk-test.txt") == "hello from the sdk"
+        path = f"/tmp/wrenn-sdk-test-{sbx.sandbox_id}.txt"  # envd runs on the host here: a fresh path per run
+        sbx.files.write(path, "hello from the sdk")
+        assert sbx.files.read(path) == "hello from the sdk"
+        sbx.files.remove(path)
         info = sbx.get_info()
         assert info.sandbox_id == sbx.sandbox_id
         assert info.metadata == {"suite": "sdk"}
