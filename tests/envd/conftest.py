@@ -135,12 +135,18 @@ def envd_server(envd_factory: Callable[..., EnvdProcess]) -> str:
     return envd_factory().url
 
 
-@pytest.fixture(scope="module")
-def envd_debug_port(tmp_path_factory: pytest.TempPathFactory, os_user: str) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["host", "guest"])
+def envd_debug_port(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, os_user: str
+) -> Iterator[str]:
     """envd on 127.0.0.1:49983, where the e2b SDK's debug mode looks; one holder at a time (lock file).
 
-    Module-scoped: a test module of SDK tests shares one envd (and holds the lock meanwhile).
+    Module-scoped: a test module of SDK tests shares one envd (and holds the lock meanwhile). Runs on both
+    interpreters, like `envd_flavour`.
     """
+    flavour: str = request.param
+    if flavour == "guest" and not guest_python_available():
+        pytest.skip(f"{GUEST_PYTHON} with python3-protobuf is not installed (apt-get install python3-protobuf)")
     tmp_path = tmp_path_factory.mktemp("envd-debug")
     with open(DEBUG_LOCK, "a+b") as lock:
         deadline = time.monotonic() + 300
@@ -154,7 +160,7 @@ def envd_debug_port(tmp_path_factory: pytest.TempPathFactory, os_user: str) -> I
                 time.sleep(0.1)
         try:
             _wait_port_free(DEBUG_PORT)
-            envd = start_envd(tmp_path, port=DEBUG_PORT)
+            envd = start_envd(tmp_path, port=DEBUG_PORT, flavour=flavour)
             try:
                 yield "http://localhost:49983"
             finally:
