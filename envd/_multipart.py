@@ -181,14 +181,15 @@ class MultipartParser:
                 raise MultipartError(f"malformed part header line: {line[:80]!r}")
             headers[name.strip().lower()] = value.strip()
         disposition = headers.get("content-disposition")
-        name = filename = None
+        field_name: str | None = None
+        filename: str | None = None
         if disposition is not None:
             kind, params = parse_header_params(disposition)
             if kind != "form-data":
                 raise MultipartError(f"unexpected Content-Disposition {kind!r}")
-            name = params.get("name")
+            field_name = params.get("name")
             filename = _filename(params)
-        return PartStart(headers=headers, name=name, filename=filename)
+        return PartStart(headers=headers, name=field_name, filename=filename)
 
     def close(self) -> None:
         """Declare the end of the body; :class:`MultipartError` unless the close delimiter was seen."""

@@ -238,9 +238,7 @@ class DirWatcher:
             await self.settle()
             while self._events:
                 yield self._events.popleft()
-            if self._closed:
-                return
-            await self._ready.wait()
+            await self._ready.wait()  # close() sets it too, ending the loop
 
     def close(self) -> None:
         if self._closed:

@@ -74,7 +74,7 @@ class Inotify:
         if fd < 0:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_init1: {os.strerror(err)}")
-        self._fd = fd
+        self._fd: int = int(fd)
 
     def fileno(self) -> int:
         return self._fd

@@ -47,7 +47,7 @@ def secured(envd_factory: Callable[..., EnvdProcess]) -> Iterator[httpx.Client]:
         yield client
 
 
-def upload(http: httpx.Client, path: str, data: bytes, user: str = "root", **headers: str | bytes) -> httpx.Response:
+def upload(http: httpx.Client, path: str, data: bytes, user: str = "root", **headers: str) -> httpx.Response:
     return http.post(
         "/files",
         params={"path": path, "username": user},
@@ -159,7 +159,12 @@ def test_metadata_headers_become_xattrs_and_replace_old_ones(http: httpx.Client,
     assert os.getxattr(target, "user.e2b.owner") == b"alice"
     assert upload(http, str(target), b"m2", **{"X-Metadata-Stage": "clean"}).status_code == 200
     assert sorted(os.listxattr(target)) == ["user.e2b.stage"]
-    bad = upload(http, str(target), b"m3", **{"X-Metadata-Key": "café".encode()})
+    bad = http.post(
+        "/files",
+        params={"path": str(target), "username": "root"},
+        content=b"m3",
+        headers=[(b"Content-Type", b"application/octet-stream"), (b"X-Metadata-Key", "café".encode())],
+    )
     assert bad.status_code == 400
 
 
