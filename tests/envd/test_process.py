@@ -392,3 +392,44 @@ def test_proto_codec_unary_list(rpc: Connect) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/proto"
     assert isinstance(pb.ListResponse.FromString(response.content).processes, object)
+
+
+def test_large_output_arrives_complete(rpc: Connect) -> None:
+    messages = rpc.stream(START, sh("head -c 3000000 /dev/zero | tr '\\0' a; echo; echo done >&2"))
+    out = output(messages)
+    assert len(out) == 3_000_001
+    assert out.count(b"a") == 3_000_000
+    assert output(messages, "stderr") == b"done\n"
+
+
+def test_replayed_output_is_bounded_and_recent(rpc: Connect) -> None:
+    script = "head -c 3000000 /dev/zero | tr '\\0' a; echo; echo END; read x"
+    with rpc.open_stream(START, {**sh(script), "tag": "big"}) as stream:
+        pid = stream.next()[1]["event"]["start"]["pid"]
+        seen = b""
+        while not seen.endswith(b"END\n"):
+            seen += base64.b64decode(stream.next()[1]["event"]["data"]["stdout"])
+    with rpc.open_stream("process.Process/Connect", {"process": {"pid": pid}}) as attached:
+        attached.next()  # start
+        rpc.unary("process.Process/CloseStdin", {"process": {"pid": pid}})
+        replay = attached.until_end()
+    replayed = output(replay)
+    assert replayed.endswith(b"a\nEND\n")
+    assert 900_000 < len(replayed) <= 1024 * 1024 + 64 * 1024  # the last ~1 MiB (ring of 64 KiB reads), not 3 MB
+
+
+def test_unary_deadline_on_blocked_input(rpc: Connect) -> None:
+    with rpc.open_stream(START, sh("sleep 30")) as stream:  # never reads its stdin: the pipe fills up
+        pid = stream.next()[1]["event"]["start"]["pid"]
+        big = base64.b64encode(b"x" * (1024 * 1024)).decode()
+        response = rpc.unary(
+            "process.Process/SendInput",
+            {"process": {"pid": pid}, "input": {"stdin": big}},
+            headers={"Connect-Timeout-Ms": "300"},
+        )
+        assert response.status_code == 504
+        assert response.json()["code"] == "deadline_exceeded"
+        # envd is still responsive and the process still alive
+        assert any(p["pid"] == pid for p in rpc.unary("process.Process/List", {}).json()["processes"])
+        rpc.unary("process.Process/SendSignal", {"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"})
+        stream.until_end()
