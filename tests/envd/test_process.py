@@ -80,9 +80,13 @@ def test_unknown_user_is_unauthenticated(rpc: Connect) -> None:
 def test_cwd_rules(rpc: Connect, tmp_path: Any) -> None:
     root = basic("root")
     assert output(rpc.stream(START, sh("pwd", cwd=str(tmp_path)), headers=root)) == f"{tmp_path}\n".encode()
-    os.makedirs("/root/envd-rel-test", exist_ok=True)
-    assert output(rpc.stream(START, sh("pwd", cwd="envd-rel-test"), headers=root)) == b"/root/envd-rel-test\n"
-    assert output(rpc.stream(START, sh("pwd", cwd="~/envd-rel-test"), headers=root)) == b"/root/envd-rel-test\n"
+    rel = f"envd-rel-test-{os.getpid()}"
+    os.makedirs(f"/root/{rel}", exist_ok=True)
+    try:
+        assert output(rpc.stream(START, sh("pwd", cwd=rel), headers=root)) == f"/root/{rel}\n".encode()
+        assert output(rpc.stream(START, sh("pwd", cwd=f"~/{rel}"), headers=root)) == f"/root/{rel}\n".encode()
+    finally:
+        os.rmdir(f"/root/{rel}")
     missing = rpc.stream(START, sh("pwd", cwd="/no/such/dir"), headers=root)
     assert missing[0][1]["error"]["code"] == "invalid_argument"
     assert "/no/such/dir" in missing[0][1]["error"]["message"]
