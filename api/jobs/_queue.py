@@ -47,6 +47,9 @@ class Job:
 
 JobHandler = Callable[[Job], Awaitable[None]]
 
+# NOTIFY channel: enqueue of due work wakes idle workers in every process, not just this one.
+CHANNEL = "wrenn_jobs"
+
 _CLAIM = """
 UPDATE jobs SET state = 'running', attempts = attempts + 1, locked_by = %(worker)s,
        locked_until = %(until)s, updated_at = %(now)s
@@ -76,6 +79,13 @@ class JobQueue:
         self.lease = timedelta(seconds=lease_seconds)
         self.handlers: dict[str, JobHandler] = {}
         self._wake: asyncio.Event | None = None
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    def now(self) -> datetime:
+        return self._clock()
 
     def register(self, kind: str, handler: JobHandler) -> None:
         if kind in self.handlers:
@@ -112,9 +122,12 @@ class JobQueue:
                 (kind, Jsonb(dict(payload or {})), run_at or now, max_attempts, dedupe_key, now, now),
             )
             row = await cur.fetchone()
+            due = run_at is None or run_at <= now
+            if row is not None and due:
+                await conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, kind))
         if row is None:
             return None
-        if run_at is None or run_at <= now:
+        if due:
             self.wake.set()
         return int(row["id"])
 
@@ -180,6 +193,14 @@ class JobQueue:
                 (state.value, run_at, error[:2000], now, job.id, job.locked_by),
             )
         return state
+
+    async def prune(self, older_than: timedelta) -> int:
+        """Delete ``done`` and ``failed`` jobs last touched before `older_than` ago; returns how many."""
+        async with self._store.connection() as conn:
+            cur = await conn.execute(
+                "DELETE FROM jobs WHERE state IN ('done', 'failed') AND updated_at < %s", (self._clock() - older_than,)
+            )
+            return cur.rowcount
 
     async def state(self, job_id: int) -> JobState | None:
         row = await self._store.fetch_one("SELECT state FROM jobs WHERE id = %s", (job_id,))

@@ -256,3 +256,54 @@ async def test_a_job_survives_a_killed_worker_process(database_url: str, store: 
     assert ran[0].id == job_id
     assert ran[0].attempts == 2
     assert await queue.state(job_id) is JobState.DONE
+
+
+async def test_enqueue_in_another_process_wakes_idle_workers(database_url: str, store: Store) -> None:
+    """The consumer polls only every 60 s, so a run within the timeout can only come from LISTEN/NOTIFY."""
+    kind = _kind()
+    ran = asyncio.Event()
+
+    async def handler(job: Job) -> None:
+        ran.set()
+
+    async with Store(database_url, max_size=2) as consumer_store:
+        consumer = JobQueue(consumer_store, utc_now)
+        consumer.register(kind, handler)
+        async with JobWorkers(consumer, count=1, poll_seconds=60):
+            async with asyncio.timeout(10):
+                while True:  # wait until the listener is subscribed (it shows in pg_stat_activity)
+                    row = await store.fetch_one(
+                        "SELECT count(*) > 0 AS ok FROM pg_stat_activity "
+                        "WHERE datname = current_database() AND query = 'LISTEN wrenn_jobs'"
+                    )
+                    if row and row["ok"]:
+                        break
+                    await asyncio.sleep(0.05)
+            # Enqueue through another store and queue object: only the NOTIFY can reach the consumer's workers.
+            producer = JobQueue(store, utc_now)
+            await producer.enqueue(kind, {"via": "notify"})
+            async with asyncio.timeout(10):
+                await ran.wait()
+
+
+async def test_prune_deletes_only_old_finished_jobs(store: Store, clock: FakeClock) -> None:
+    kind = _kind()
+    queue = JobQueue(store, clock)
+
+    async def ok(job: Job) -> None:
+        return None
+
+    queue.register(kind, ok)
+    finished = await queue.enqueue(kind)
+    await JobWorkers(queue, count=1).run_once()
+    clock.advance(8 * 86400)
+    waiting = await queue.enqueue(kind, run_at=clock() + timedelta(days=1))
+    recent_done = await queue.enqueue(kind)
+    await JobWorkers(queue, count=1).run_once()
+    assert finished is not None
+    assert waiting is not None
+    assert recent_done is not None
+    assert await queue.prune(timedelta(days=7)) >= 1
+    assert await queue.state(finished) is None
+    assert await queue.state(waiting) is JobState.QUEUED
+    assert await queue.state(recent_done) is JobState.DONE
