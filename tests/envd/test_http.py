@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from wrenn.envd._http import HttpError, HttpServer, Request, Response, Router
 
@@ -196,3 +199,29 @@ async def test_access_token_enforced_once_set(server: tuple[HttpServer, Token]) 
     assert (await exchange(srv.port, request % b"X-Access-Token: wrong\r\n"))[0][0] == 401
     assert (await exchange(srv.port, request % b"X-Access-Token: secret\r\n"))[0][0] == 200
     assert (await exchange(srv.port, b"GET /open HTTP/1.1\r\n\r\n"))[0][0] == 204  # auth=False route
+
+
+@settings(max_examples=40, deadline=None)
+@given(body=st.binary(max_size=5000), cuts=st.lists(st.integers(min_value=1, max_value=700), max_size=12))
+async def test_any_chunking_of_a_body_arrives_intact(body: bytes, cuts: list[int]) -> None:
+    router = Router(lambda: None)
+
+    async def digest(request: Request) -> Response:
+        return Response(200, body=hashlib.sha256(await request.read(1 << 20)).hexdigest().encode())
+
+    router.route("POST", "/digest", digest)
+    async with HttpServer(router) as srv:
+        await srv.start("127.0.0.1", 0)
+        chunks, rest = [], body
+        for size in cuts:
+            if rest:
+                chunks.append(rest[:size])
+                rest = rest[size:]
+        if rest:
+            chunks.append(rest)
+        raw = b"POST /digest HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        raw += b"".join(b"%x\r\n%b\r\n" % (len(c), c) for c in chunks) + b"0\r\n\r\n"
+        raw += b"POST /digest HTTP/1.1\r\nContent-Length: %d\r\n\r\n%b" % (len(body), body)
+        results = await exchange(srv.port, raw, responses=2)
+    expected = hashlib.sha256(body).hexdigest().encode()
+    assert [(status, got) for status, _, got in results] == [(200, expected), (200, expected)]
