@@ -159,17 +159,27 @@ def _build(
 ) -> GuestImage:
     work.mkdir(parents=True)
     tree = work / "tree"
-    if base is None:
-        progress(BuildState.ROOTFS, f"debootstrap bookworm from {mirror}")
-        _rootfs.debootstrap(tree, template, mirror=mirror, deb_cache=deb_cache, progress=progress)
-        state = _rootfs.ImageState()
+    tree_key = _keys.tree_key(
+        template, folder, base_key=base.key if base else "", debian_release=release, mirror=mirror
+    )
+    archive = work.parent / f".tree-{tree_key[:16]}.tar"
+    state = _rootfs.load_tree(tree, archive)
+    if state is not None:
+        progress(BuildState.ROOTFS, f"reusing the package tree {archive.name} (recipe and Debian unchanged)")
     else:
-        progress(BuildState.ROOTFS, f"starting from {base.name} ({base.key[:16]})")
-        _rootfs.unpack_base(tree, base.rootfs, template, progress=progress)
-        state = _rootfs.ImageState(base.env, base.workdir, base.user)
+        if base is None:
+            progress(BuildState.ROOTFS, f"debootstrap bookworm from {mirror}")
+            _rootfs.debootstrap(tree, template, mirror=mirror, deb_cache=deb_cache, progress=progress)
+            state = _rootfs.ImageState()
+        else:
+            progress(BuildState.ROOTFS, f"starting from {base.name} ({base.key[:16]})")
+            _rootfs.unpack_base(tree, base.rootfs, template, progress=progress)
+            state = _rootfs.ImageState(base.env, base.workdir, base.user)
+        _rootfs.run_steps(tree, folder, template.steps, state, progress=progress)
+        progress(BuildState.STEPS, f"saving the package tree as {archive.name}")
+        _rootfs.save_tree(tree, archive, state)
     progress(BuildState.STEPS, "installing envd and the init")
     _rootfs.install_platform(tree)
-    _rootfs.run_steps(tree, folder, template.steps, state, progress=progress)
     _rootfs.finish(tree, state, progress=progress)
     progress(BuildState.FILESYSTEM, "mkfs.ext4 -d")
     rootfs = work / "rootfs.ext4"

@@ -56,6 +56,21 @@ def source_key(template: Template, folder: Path, *, base_source_key: str, guest_
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
 
 
+def tree_key(template: Template, folder: Path, *, base_key: str, debian_release: str, mirror: str) -> str:
+    """Hash of what makes the package tree (debootstrap or base image, then the recipe's steps) before envd and the
+    init are added: an envd change reuses the cached tree instead of running debootstrap again."""
+    copies = [folder / source for step in template.steps if isinstance(step, CopyStep) for source in step.sources]
+    document = {
+        "format": FORMAT_VERSION,
+        "recipe": template.model_dump(mode="json"),
+        "copies": tree_digest(copies, folder),
+        "base": base_key,
+        "release": debian_release,
+        "mirror": mirror,
+    }
+    return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()
+
+
 def image_key(source: str, *, kernel_package: str, debian_release: str, base_key: str) -> str:
     document = {"source": source, "kernel": kernel_package, "release": debian_release, "base": base_key}
     return hashlib.sha256(json.dumps(document, sort_keys=True).encode()).hexdigest()

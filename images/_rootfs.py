@@ -10,6 +10,7 @@ never leave mounts behind on the host.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -89,6 +90,35 @@ def in_tree(tree: Path, argv: list[str], state: ImageState, *, step: str, progre
     command += ["/bin/sh", "-c", 'cd "$0" && exec "$@"', state.workdir, *argv]
     host = ["unshare", "--mount", "--propagation", "private", "/bin/sh", "-c", _IN_TREE, "in-tree", str(tree)]
     run([*host, *command], step=step, progress=progress)
+
+
+def save_tree(tree: Path, archive: Path, state: ImageState) -> None:
+    """Keep the package tree (owners, modes, xattrs) as a tar next to the state its steps left; atomic."""
+    partial = archive.with_name(f"{archive.name}.{os.getpid()}.partial")
+    try:
+        run(["tar", "--numeric-owner", "--xattrs", "-C", str(tree), "-cpf", str(partial), "."], step="save-tree")
+        config = {"env": state.env, "user": state.user, "workdir": state.workdir}
+        archive.with_suffix(".json").write_text(json.dumps(config))
+        os.replace(partial, archive)
+    finally:
+        partial.unlink(missing_ok=True)
+    for old in archive.parent.glob(".tree-*.tar"):
+        if old != archive:
+            old.unlink(missing_ok=True)
+            old.with_suffix(".json").unlink(missing_ok=True)
+
+
+def load_tree(tree: Path, archive: Path) -> ImageState | None:
+    """Unpack a saved package tree; None when there is none (or it is unreadable)."""
+    try:
+        config = json.loads(archive.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not archive.is_file():
+        return None
+    tree.mkdir(parents=True)
+    run(["tar", "--numeric-owner", "--xattrs", "-C", str(tree), "-xpf", str(archive)], step="load-tree")
+    return ImageState(config["env"], config["workdir"], config["user"])
 
 
 def install_platform(tree: Path, hostname: str = "wrenn") -> None:

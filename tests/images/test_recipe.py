@@ -78,13 +78,21 @@ BAD = [
     pytest.param("steps:\n  - ENV novalue\n", "line 2, field steps.0", "NAME=value", id="env-pair"),
     pytest.param("steps:\n  - ENV 1A=x\n", "line 2, field steps.0", "NAME=value", id="env-name"),
     pytest.param("steps:\n  - COPY onlyone\n", "line 2, field steps.0", "source and a destination", id="copy-args"),
-    pytest.param("steps:\n  - COPY ../x /y\n", "line 2, field steps.0.sources", "inside the template folder", id="copy-up"),
-    pytest.param("steps:\n  - COPY /etc/passwd /y\n", "line 2, field steps.0.sources", "inside the template", id="copy-abs"),
+    pytest.param(
+        "steps:\n  - COPY ../x /y\n", "line 2, field steps.0.sources", "inside the template folder", id="copy-up"
+    ),
+    pytest.param(
+        "steps:\n  - COPY /etc/passwd /y\n", "line 2, field steps.0.sources", "inside the template", id="copy-abs"
+    ),
     pytest.param("steps:\n  - USER Bad User\n", "line 2, field steps.0.user", "pattern", id="user"),
     pytest.param("healthcheck: --interval=5 CMD true\n", "line 1, field healthcheck", "duration", id="hc-duration"),
-    pytest.param("healthcheck: --every=5s CMD true\n", "line 1, field healthcheck", "unknown healthcheck flag", id="hc"),
+    pytest.param(
+        "healthcheck: --every=5s CMD true\n", "line 1, field healthcheck", "unknown healthcheck flag", id="hc"
+    ),
     pytest.param("healthcheck: --retries=3\n", "line 1, field healthcheck", "CMD <command>", id="hc-no-cmd"),
-    pytest.param("healthcheck: --retries=0 CMD true\n", "line 1, field healthcheck.retries", "greater than", id="hc-retries"),
+    pytest.param(
+        "healthcheck: --retries=0 CMD true\n", "line 1, field healthcheck.retries", "greater than", id="hc-retries"
+    ),
     pytest.param("defaults:\n  vcpus: 0\n", "line 2, field defaults.vcpus", "greater than", id="vcpus"),
     pytest.param("defaults:\n  memory_mb: 64\n", "line 2, field defaults.memory_mb", "greater than", id="memory"),
     pytest.param("defaults:\n  disk: 1\n", "line 2, field defaults.disk", "unknown field", id="defaults-field"),
@@ -110,7 +118,9 @@ def test_copy_source_must_exist_in_the_template_folder(tmp_path: Path) -> None:
     (folder / "template.yaml").write_text("steps:\n  - RUN true\n  - COPY missing.txt /x\n")
     with pytest.raises(TemplateError) as caught:
         load_template(folder)
-    assert caught.value.problems == (("line 3, field steps.1", f"COPY source 'missing.txt' does not exist in {folder}"),)
+    assert caught.value.problems == (
+        ("line 3, field steps.1", f"COPY source 'missing.txt' does not exist in {folder}"),
+    )
 
 
 def test_missing_template_file_is_a_template_error(tmp_path: Path) -> None:
