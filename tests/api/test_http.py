@@ -9,6 +9,8 @@ from typing import Any
 import falcon.asgi
 import falcon.testing
 import pytest
+import structlog
+import structlog.testing
 
 from tests.api.conftest import Factory
 from wrenn.api import Deps, Settings, create_app
@@ -197,3 +199,18 @@ async def test_app_runs_job_workers_when_asked(settings: Settings) -> None:
                     break
                 await asyncio.sleep(0.02)
     assert ran == [{"hello": "world"}]
+
+
+async def test_error_logs_carry_the_request_id(settings: Settings) -> None:
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        app = create_app(settings, configure=_with_test_routes)
+        async with falcon.testing.ASGIConductor(app) as client:
+            r = await client.simulate_get("/test/explode", headers={"X-Request-ID": "req-42"})
+    finally:
+        structlog.reset_defaults()
+    assert r.status_code == 500
+    [entry] = [e for e in capture.entries if e["event"] == "unhandled error"]
+    assert entry["request_id"] == "req-42"
+    assert entry["path"] == "/test/explode"
