@@ -192,11 +192,12 @@ class FilesRoutes:
         finally:
             os.close(fd)
         info: dict[str, Any] = {"path": path, "name": posixpath.basename(path), "type": "file"}
+        # Metadata replaces what the file had: an upload without X-Metadata-* headers clears it (as E2B's envd).
+        try:
+            await self._fs.userfs.run(user, write_metadata, path, metadata or {})
+        except FsError as exc:
+            raise _from_fs(exc) from exc
         if metadata is not None:
-            try:
-                await self._fs.userfs.run(user, write_metadata, path, metadata)
-            except FsError as exc:
-                raise _from_fs(exc) from exc
             info["metadata"] = {key.lower(): value for key, value in metadata.items()}
         return info
 
@@ -283,13 +284,18 @@ def _choose_encoding(accept: str | None) -> str:
 def _open_for_read(path: str) -> int:
     """Open ``path`` for reading as the current (worker) thread's user; directories are refused."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        # O_NONBLOCK: opening a FIFO must not hang a worker thread until some writer appears.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as exc:
         raise translate(exc, f"opening {path}") from exc
     st = os.fstat(fd)
     if stat.S_ISDIR(st.st_mode):
         os.close(fd)
         raise FsError(FsErrorKind.INVALID_ARGUMENT, f"path '{path}' is a directory")
+    if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode):
+        os.close(fd)
+        raise FsError(FsErrorKind.INVALID_ARGUMENT, f"path '{path}' is not a regular file")
+    os.set_blocking(fd, True)
     return fd
 
 

@@ -302,6 +302,13 @@ def read_metadata(path: str) -> dict[str, str]:
 def write_metadata(path: str, metadata: dict[str, str]) -> None:
     """Replace the ``user.e2b.*`` attributes of ``path`` with ``metadata`` (keys lowercased)."""
     wanted = {key.lower(): value for key, value in metadata.items()}
+    if not wanted:
+        try:
+            names = os.listxattr(path)
+        except OSError:
+            return  # nothing to clear where the filesystem keeps no xattrs
+        if not any(name.startswith(METADATA_XATTR_PREFIX) for name in names):
+            return
     try:
         for name in os.listxattr(path):
             if name.startswith(METADATA_XATTR_PREFIX) and name[len(METADATA_XATTR_PREFIX) :] not in wanted:

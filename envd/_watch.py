@@ -24,6 +24,7 @@ import os
 import posixpath
 import secrets
 import stat
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -32,7 +33,8 @@ from ._filesystem import Entry, FsError, FsErrorKind, UserFs, entry_from_stat, t
 from ._users import User
 
 MAX_EVENTS_PER_WATCHER = 10_000
-MAX_WATCHERS = 256
+MAX_WATCHERS = 100  # below the default fs.inotify.max_user_instances (128) of envd's uid
+IDLE_WATCHER_SECONDS = 600.0  # a polling watcher nobody asked about for this long is dropped
 _NETWORK_FS = {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse", "fuseblk", "ceph", "9p", "afs"}
 
 
@@ -122,7 +124,10 @@ class DirWatcher:
                 FsErrorKind.FAILED_PRECONDITION,
                 f"{self.root} is on a network filesystem ({fstype}); set allow_network_mounts to watch it",
             )
-        self._inotify = ino.Inotify()
+        try:
+            self._inotify = ino.Inotify()
+        except OSError as exc:  # EMFILE: inotify instances are limited per real uid (envd's, root's)
+            raise FsError(FsErrorKind.RESOURCE_EXHAUSTED, f"cannot create a watcher: {exc.strerror}") from exc
         try:
             await self._userfs.run(self.user, self._add_tree, "", False)
         except OSError as exc:
@@ -258,11 +263,13 @@ class Watchers:
     def __init__(self, userfs: UserFs) -> None:
         self._userfs = userfs
         self._by_id: dict[str, DirWatcher] = {}
+        self._used: dict[str, float] = {}  # watcher id -> time.monotonic() of its last use
         self._streaming: set[DirWatcher] = set()
 
     async def open(
         self, root: str, user: User, *, recursive: bool, include_entry: bool, allow_network_mounts: bool
     ) -> DirWatcher:
+        self._drop_idle()
         if len(self._by_id) + len(self._streaming) >= MAX_WATCHERS:
             raise FsError(FsErrorKind.RESOURCE_EXHAUSTED, f"too many watchers (limit {MAX_WATCHERS})")
         watcher = DirWatcher(root, user, self._userfs, recursive=recursive, include_entry=include_entry)
@@ -271,17 +278,29 @@ class Watchers:
 
     def keep(self, watcher: DirWatcher) -> str:
         self._by_id[watcher.id] = watcher
+        self._used[watcher.id] = time.monotonic()
         return watcher.id
 
     def get(self, watcher_id: str, user: User) -> DirWatcher:
         watcher = self._by_id.get(watcher_id)
         if watcher is None or watcher.user.uid != user.uid:
             raise FsError(FsErrorKind.NOT_FOUND, f"watcher {watcher_id!r} not found")
+        self._used[watcher_id] = time.monotonic()
         return watcher
+
+    def _drop_idle(self) -> None:
+        """Polling watchers have no connection whose end would free them: drop the ones clients forgot."""
+        cutoff = time.monotonic() - IDLE_WATCHER_SECONDS
+        for watcher_id in [w for w, used in self._used.items() if used < cutoff]:
+            self._used.pop(watcher_id, None)
+            watcher = self._by_id.pop(watcher_id, None)
+            if watcher is not None:
+                watcher.close()
 
     def remove(self, watcher_id: str, user: User) -> None:
         watcher = self.get(watcher_id, user)
         del self._by_id[watcher_id]
+        self._used.pop(watcher_id, None)
         watcher.close()
 
     def add_streaming(self, watcher: DirWatcher) -> None:
@@ -300,4 +319,5 @@ class Watchers:
         for watcher in [*self._by_id.values(), *self._streaming]:
             watcher.close()
         self._by_id.clear()
+        self._used.clear()
         self._streaming.clear()

@@ -159,6 +159,9 @@ def test_metadata_headers_become_xattrs_and_replace_old_ones(http: httpx.Client,
     assert os.getxattr(target, "user.e2b.owner") == b"alice"
     assert upload(http, str(target), b"m2", **{"X-Metadata-Stage": "clean"}).status_code == 200
     assert sorted(os.listxattr(target)) == ["user.e2b.stage"]
+    cleared = upload(http, str(target), b"plain")
+    assert "metadata" not in cleared.json()[0]
+    assert os.listxattr(target) == [], "an upload without metadata clears the old metadata"
     bad = http.post(
         "/files",
         params={"path": str(target), "username": "root"},
@@ -172,7 +175,9 @@ def test_download_errors(http: httpx.Client, base: Path) -> None:
     secret = base / "secret"
     secret.write_bytes(b"s")
     secret.chmod(0o600)
+    os.mkfifo(base / "fifo")
     cases = [
+        ({"path": str(base / "fifo"), "username": "root"}, 400),
         ({"path": str(base / "missing"), "username": "root"}, 404),
         ({"path": str(base), "username": "root"}, 400),
         ({"path": str(secret), "username": "nobody"}, 403),
