@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -92,3 +93,10 @@ async def test_unreachable_database_is_unavailable() -> None:
         await store.open(wait_seconds=1.0)
     with pytest.raises(RuntimeError, match="not open"):
         _ = store.pool
+
+
+async def test_concurrent_starts_apply_each_migration_once(empty_database: str) -> None:
+    """Several API processes starting together: yoyo's lock lets one apply, the others find nothing to do."""
+    results = await asyncio.gather(*[migrate(empty_database) for _ in range(3)])
+    shipped = sorted(p.stem for p in MIGRATIONS_DIR.glob("*.sql"))
+    assert sorted(results, key=len) == [[], [], shipped]
