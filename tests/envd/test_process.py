@@ -5,9 +5,15 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pwd
+import shutil
 import struct
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -437,3 +443,36 @@ def test_unary_deadline_on_blocked_input(rpc: Connect) -> None:
         assert any(p["pid"] == pid for p in rpc.unary("process.Process/List", {}).json()["processes"])
         rpc.unary("process.Process/SendSignal", {"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"})
         stream.until_end()
+
+
+def test_stopping_envd_kills_its_processes(envd_factory: Callable[..., EnvdProcess]) -> None:
+    envd = envd_factory()
+    with _connect(envd.url) as client, client.open_stream(START, sh("sleep 60")) as stream:
+        pid = stream.next()[1]["event"]["start"]["pid"]
+        assert os.path.exists(f"/proc/{pid}")
+    envd.stop()
+    assert envd.proc.returncode == 0
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid))
+
+
+@pytest.mark.root
+def test_non_root_envd_runs_as_itself_and_refuses_other_users(os_user: str) -> None:
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is needed to drop privileges")
+    entry = pwd.getpwnam(os_user)
+    with tempfile.TemporaryDirectory(prefix="envd-nonroot-") as tmp:
+        os.chmod(tmp, 0o777)
+        port_file = Path(tmp) / "port"
+        drop = [setpriv, f"--reuid={entry.pw_uid}", f"--regid={entry.pw_gid}", "--clear-groups"]
+        cmd = [*drop, sys.executable, "-m", "wrenn.envd", "--host", "127.0.0.1", "--port", "0"]
+        with subprocess.Popen([*cmd, "--port-file", str(port_file)]) as proc:
+            try:
+                wait_for(lambda: port_file.exists() or proc.poll() is not None)
+                assert proc.poll() is None
+                with _connect(f"http://127.0.0.1:{port_file.read_text()}") as client:
+                    assert output(client.stream(START, sh("id -un"))) == b"user\n"
+                    denied = client.stream(START, sh("id -un"), headers=basic("root"))
+                    assert denied[0][1]["error"]["code"] == "permission_denied"
+            finally:
+                proc.terminate()
