@@ -183,7 +183,10 @@ class _Process:
     def _force_finish(self, loop: asyncio.AbstractEventLoop) -> None:
         for fd in list(self._readers):
             with contextlib.suppress(OSError):
-                while data := os.read(fd, READ_SIZE):
+                for _ in range(16):  # bounded: a descendant may write forever (`yes &`)
+                    data = os.read(fd, READ_SIZE)
+                    if not data:
+                        break
                     self._emit_output(self._readers[fd], data)
             self._close_reader(loop, fd)
         self._maybe_finish(loop)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import pwd
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -476,3 +478,14 @@ def test_non_root_envd_runs_as_itself_and_refuses_other_users(os_user: str) -> N
                     assert denied[0][1]["error"]["code"] == "permission_denied"
             finally:
                 proc.terminate()
+
+
+def test_end_event_does_not_wait_for_descendants_holding_the_output(rpc: Connect) -> None:
+    started = time.monotonic()
+    messages = rpc.stream(START, sh("(yes > /dev/stdout &) ; echo leader-done"))
+    assert time.monotonic() - started < 10
+    assert end_event(messages)["status"] == "exit status 0"
+    assert b"leader-done\n" in output(messages)
+    # the orphaned writer is still in the process group this test started; end it
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(messages[0]["event"]["start"]["pid"], signal.SIGKILL)
