@@ -9,7 +9,7 @@ from datetime import timedelta
 import falcon.asgi
 
 from wrenn.api.auth._keys import API_KEY_PATTERN, hash_api_key
-from wrenn.api.auth._passwords import verify_password
+from wrenn.api.auth._passwords import hash_password, verify_password
 from wrenn.api.auth._principal import Principal, Role
 from wrenn.api.auth._tokens import Session, SessionTokens
 from wrenn.api.clock import Clock
@@ -61,18 +61,38 @@ class Authenticator:
         return Principal(team_id=row["team_id"], user_id=None, api_key_id=row["id"], role=Role.MEMBER, is_admin=False)
 
     async def from_token(self, token: str) -> Principal:
-        user_id, team_id = self.tokens.verify(token)
+        user_id, team_id, issued = self.tokens.verify(token)
         row = await self._store.fetch_one(
-            "SELECT u.is_admin, m.role FROM users u "
+            "SELECT u.is_admin, u.sessions_valid_after, m.role FROM users u "
             "LEFT JOIN memberships m ON m.user_id = u.id AND m.team_id = %s WHERE u.id = %s",
             (team_id, user_id),
         )
         if row is None:
             raise Unauthenticated("the session's user no longer exists")
+        if row["sessions_valid_after"] is not None and issued < row["sessions_valid_after"]:
+            raise Unauthenticated("session revoked")
         role = Role(row["role"]) if row["role"] is not None else None
         # A session outlives a membership that was removed since login: it then acts for no team.
         acting_team = team_id if role is not None else None
         return Principal(team_id=acting_team, user_id=user_id, api_key_id=None, role=role, is_admin=row["is_admin"])
+
+    async def revoke_sessions(self, user_id: uuid.UUID) -> None:
+        """Refuse every session of `user_id` issued until now (log out everywhere)."""
+        async with self._store.connection() as conn:
+            await conn.execute("UPDATE users SET sessions_valid_after = %s WHERE id = %s", (self._clock(), user_id))
+
+    async def change_password(self, user_id: uuid.UUID, current: str, new: str) -> None:
+        """Replace the password after checking the current one; revokes the user's sessions."""
+        row = await self._store.fetch_one("SELECT password_hash FROM users WHERE id = %s", (user_id,))
+        ok = await asyncio.to_thread(verify_password, current, row["password_hash"] if row else None)
+        if not ok:
+            raise Forbidden("the current password is wrong")
+        new_hash = await asyncio.to_thread(hash_password, new)
+        async with self._store.connection() as conn:
+            await conn.execute(
+                "UPDATE users SET password_hash = %s, sessions_valid_after = %s WHERE id = %s",
+                (new_hash, self._clock(), user_id),
+            )
 
     async def login(self, email: str, password: str, team_id: uuid.UUID | None = None) -> Session:
         user = await self._store.fetch_one(

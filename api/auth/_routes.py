@@ -1,4 +1,5 @@
-"""``POST /v1/auth/login``: email and password in, a session token out."""
+"""Session routes: ``POST /v1/auth/login`` (email + password -> JWT), ``POST /v1/auth/logout`` (revoke all of the
+user's sessions) and ``POST /v1/auth/password`` (change the password; also revokes the sessions)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 import falcon.asgi
 from pydantic import BaseModel, ConfigDict, Field
 
+from wrenn.api.auth._principal import principal_of
 from wrenn.api.openapi import Access, Operation
 
 if TYPE_CHECKING:
@@ -21,6 +23,13 @@ class LoginRequest(BaseModel):
     email: str = Field(min_length=3, max_length=320)
     password: str = Field(min_length=1, max_length=1024)
     team_id: uuid.UUID | None = Field(default=None, description="team to act for; default: the user's first team")
+
+
+class PasswordChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    current_password: str = Field(min_length=1, max_length=1024)
+    new_password: str = Field(min_length=8, max_length=1024)
 
 
 class LoginResponse(BaseModel):
@@ -38,7 +47,34 @@ def register(app: AsgiApp, deps: Deps) -> None:
             token=session.token, expires_at=session.expires_at, user_id=session.user_id, team_id=session.team_id
         )
 
+    async def logout(req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        await deps.auth.revoke_sessions(principal_of(req).require_user())
+
+    async def change_password(req: falcon.asgi.Request, resp: falcon.asgi.Response, *, body: PasswordChange) -> None:
+        user_id = principal_of(req).require_user()
+        await deps.auth.change_password(user_id, body.current_password, body.new_password)
+
     deps.routes.add(
+        Operation(
+            "POST",
+            "/v1/auth/logout",
+            logout,
+            "Log out everywhere: every session token of the user issued so far stops working",
+            ("auth",),
+            Access.SESSION,
+            status=204,
+        ),
+        Operation(
+            "POST",
+            "/v1/auth/password",
+            change_password,
+            "Change the caller's password (needs the current one); logs out every session",
+            ("auth",),
+            Access.SESSION,
+            request=PasswordChange,
+            status=204,
+            errors=(403,),
+        ),
         Operation(
             "POST",
             "/v1/auth/login",
@@ -49,5 +85,5 @@ def register(app: AsgiApp, deps: Deps) -> None:
             request=LoginRequest,
             response=LoginResponse,
             errors=(403,),
-        )
+        ),
     )

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import jwt
 
@@ -43,14 +43,15 @@ class SessionTokens:
             "iat": int(now.timestamp()),
             "exp": int(expires.timestamp()),
             "jti": uuid.uuid4().hex,
+            "auth_time": now.timestamp(),  # sub-second issue time, compared with the user's sessions_valid_after
         }
         if team_id is not None:
             claims["team"] = str(team_id)
         token = jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
         return Session(token=token, user_id=user_id, team_id=team_id, expires_at=expires)
 
-    def verify(self, token: str) -> tuple[uuid.UUID, uuid.UUID | None]:
-        """(user id, team id) of a valid token; Unauthenticated for a bad signature, shape or age."""
+    def verify(self, token: str) -> tuple[uuid.UUID, uuid.UUID | None, datetime]:
+        """(user id, team id, issue time) of a valid token; Unauthenticated for a bad signature, shape or age."""
         try:
             claims = jwt.decode(
                 token,
@@ -67,8 +68,9 @@ class SessionTokens:
             expires = int(claims["exp"])
             user_id = uuid.UUID(str(claims["sub"]))
             team_id = uuid.UUID(str(claims["team"])) if "team" in claims else None
+            issued = datetime.fromtimestamp(float(claims.get("auth_time", claims["iat"])), UTC)
         except (TypeError, ValueError) as exc:
             raise Unauthenticated("invalid session token") from exc
         if self._clock().timestamp() >= expires:
             raise Unauthenticated("session token expired")
-        return user_id, team_id
+        return user_id, team_id, issued

@@ -179,3 +179,54 @@ async def test_session_for_a_team_left_since_acts_for_no_team(
 async def test_api_key_of_unknown_team_id_format(client: falcon.testing.ASGIConductor) -> None:
     r = await client.simulate_get(f"/v1/teams/{uuid.uuid4()}", headers={"X-API-KEY": "e2b_" + "1" * 40})
     assert r.status_code == 401
+
+
+async def test_logout_revokes_every_session_of_the_user(
+    client: falcon.testing.ASGIConductor, factory: Factory, clock: FakeClock
+) -> None:
+    t = await factory.tenant()
+    other = await factory.tenant()
+    clock.advance(1)
+    second = factory.token(t.user_id, t.team_id)
+    clock.advance(1)
+    r = await client.simulate_post("/v1/auth/logout", headers={"Authorization": f"Bearer {second}"})
+    assert r.status_code == 204
+    for token in (t.token, second):
+        r = await client.simulate_get("/v1/users/me", headers={"Authorization": f"Bearer {token}"})
+        assert (r.status_code, r.json["message"]) == (401, "session revoked")
+    assert (await client.simulate_get("/v1/users/me", headers=other.session_headers)).status_code == 200
+    assert (await client.simulate_get("/v1/teams", headers=t.key_headers)).status_code == 200  # keys unaffected
+    login = await client.simulate_post("/v1/auth/login", json={"email": t.email, "password": t.password})
+    fresh = {"Authorization": f"Bearer {login.json['token']}"}
+    assert (await client.simulate_get("/v1/users/me", headers=fresh)).status_code == 200
+    assert (await client.simulate_post("/v1/auth/logout", headers=t.key_headers)).status_code == 401
+
+
+async def test_password_change_needs_the_current_password_and_logs_out(
+    client: falcon.testing.ASGIConductor, factory: Factory, deps: Deps, clock: FakeClock
+) -> None:
+    t = await factory.tenant()
+    clock.advance(1)
+    hash_before = await deps.store.fetch_one("SELECT password_hash FROM users WHERE id = %s", (t.user_id,))
+    wrong = await client.simulate_post(
+        "/v1/auth/password",
+        json={"current_password": "not it", "new_password": "brand new password"},
+        headers=t.session_headers,
+    )
+    assert wrong.status_code == 403
+    assert await deps.store.fetch_one("SELECT password_hash FROM users WHERE id = %s", (t.user_id,)) == hash_before
+    assert (await client.simulate_get("/v1/users/me", headers=t.session_headers)).status_code == 200
+    short = await client.simulate_post(
+        "/v1/auth/password", json={"current_password": t.password, "new_password": "short"}, headers=t.session_headers
+    )
+    assert short.status_code == 400
+    changed = await client.simulate_post(
+        "/v1/auth/password",
+        json={"current_password": t.password, "new_password": "brand new password"},
+        headers=t.session_headers,
+    )
+    assert changed.status_code == 204
+    assert (await client.simulate_get("/v1/users/me", headers=t.session_headers)).status_code == 401
+    old = await client.simulate_post("/v1/auth/login", json={"email": t.email, "password": t.password})
+    new = await client.simulate_post("/v1/auth/login", json={"email": t.email, "password": "brand new password"})
+    assert (old.status_code, new.status_code) == (401, 200)
