@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import falcon.asgi
 
@@ -15,9 +15,14 @@ from wrenn.api.auth._tokens import Session, SessionTokens
 from wrenn.api.clock import Clock
 from wrenn.api.openapi import Access
 from wrenn.api.store import Store
-from wrenn.protocol import Forbidden, Unauthenticated
+from wrenn.protocol import Exhausted, Forbidden, Unauthenticated
 
 _TOUCH_EVERY = timedelta(seconds=60)  # last_used_at precision; saves a write on every request
+# Password guessing: after this many failures in a row an email is locked out for a while, doubling each further
+# failure up to an hour. A success clears the count.
+FREE_FAILURES = 5
+_FIRST_LOCKOUT = timedelta(seconds=60)
+_MAX_LOCKOUT = timedelta(hours=1)
 
 
 class Authenticator:
@@ -76,6 +81,22 @@ class Authenticator:
         acting_team = team_id if role is not None else None
         return Principal(team_id=acting_team, user_id=user_id, api_key_id=None, role=role, is_admin=row["is_admin"])
 
+    async def _record_failure(self, email: str, now: datetime) -> None:
+        async with self._store.connection() as conn:
+            cur = await conn.execute(
+                "INSERT INTO login_attempts (email, failures, updated_at) VALUES (lower(%s), 1, %s) "
+                "ON CONFLICT (email) DO UPDATE "
+                "SET failures = login_attempts.failures + 1, updated_at = EXCLUDED.updated_at RETURNING failures",
+                (email, now),
+            )
+            row = await cur.fetchone()
+            failures = int(row["failures"]) if row else 1
+            if failures >= FREE_FAILURES:
+                lockout = min(_FIRST_LOCKOUT * 2 ** (failures - FREE_FAILURES), _MAX_LOCKOUT)
+                await conn.execute(
+                    "UPDATE login_attempts SET locked_until = %s WHERE email = lower(%s)", (now + lockout, email)
+                )
+
     async def revoke_sessions(self, user_id: uuid.UUID) -> None:
         """Refuse every session of `user_id` issued until now (log out everywhere)."""
         async with self._store.connection() as conn:
@@ -95,13 +116,24 @@ class Authenticator:
             )
 
     async def login(self, email: str, password: str, team_id: uuid.UUID | None = None) -> Session:
+        now = self._clock()
+        attempts = await self._store.fetch_one(
+            "SELECT locked_until FROM login_attempts WHERE email = lower(%s)", (email,)
+        )
+        if attempts is not None and attempts["locked_until"] is not None and attempts["locked_until"] > now:
+            wait = int((attempts["locked_until"] - now).total_seconds()) + 1
+            raise Exhausted(f"too many failed logins; try again in {wait} s")
         user = await self._store.fetch_one(
             "SELECT id, password_hash, is_admin FROM users WHERE lower(email) = lower(%s)", (email,)
         )
         # scrypt takes tens of milliseconds of CPU: off the event loop, so other requests keep flowing.
         ok = await asyncio.to_thread(verify_password, password, user["password_hash"] if user else None)
         if not ok or user is None:
+            await self._record_failure(email, now)
             raise Unauthenticated("wrong email or password")
+        if attempts is not None:
+            async with self._store.connection() as conn:
+                await conn.execute("DELETE FROM login_attempts WHERE email = lower(%s)", (email,))
         if team_id is None:
             first = await self._store.fetch_one(
                 "SELECT team_id FROM memberships WHERE user_id = %s ORDER BY created_at, team_id LIMIT 1",

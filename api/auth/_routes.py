@@ -84,6 +84,6 @@ def register(app: AsgiApp, deps: Deps) -> None:
             Access.PUBLIC,
             request=LoginRequest,
             response=LoginResponse,
-            errors=(403,),
+            errors=(403, 429),
         ),
     )

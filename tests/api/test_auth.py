@@ -12,6 +12,7 @@ import pytest
 from tests.api.conftest import Factory, FakeClock
 from wrenn.api import Deps
 from wrenn.api.auth import Role, hash_password, new_api_key, verify_password
+from wrenn.api.auth._authenticator import FREE_FAILURES
 
 pytestmark = pytest.mark.postgres
 
@@ -230,3 +231,33 @@ async def test_password_change_needs_the_current_password_and_logs_out(
     old = await client.simulate_post("/v1/auth/login", json={"email": t.email, "password": t.password})
     new = await client.simulate_post("/v1/auth/login", json={"email": t.email, "password": "brand new password"})
     assert (old.status_code, new.status_code) == (401, 200)
+
+
+@pytest.mark.parametrize("known", [True, False])
+async def test_repeated_failed_logins_lock_the_email_for_a_while(
+    client: falcon.testing.ASGIConductor, factory: Factory, clock: FakeClock, known: bool
+) -> None:
+    t = await factory.tenant()
+    email = t.email if known else f"ghost-{uuid.uuid4().hex[:8]}@example.test"
+    for _ in range(FREE_FAILURES):
+        r = await client.simulate_post("/v1/auth/login", json={"email": email, "password": "guess"})
+        assert r.status_code == 401
+    locked = await client.simulate_post("/v1/auth/login", json={"email": email.upper(), "password": t.password})
+    assert locked.status_code == 429
+    assert locked.json["message"] == "too many failed logins; try again in 61 s"
+    other = await factory.tenant()  # other emails are not affected
+    ok = await client.simulate_post("/v1/auth/login", json={"email": other.email, "password": other.password})
+    assert ok.status_code == 200
+    clock.advance(61)
+    after = await client.simulate_post("/v1/auth/login", json={"email": email, "password": t.password})
+    assert after.status_code == (200 if known else 401)
+    if known:  # a success clears the count: one more failure does not lock again
+        again = await client.simulate_post("/v1/auth/login", json={"email": email, "password": "guess"})
+        assert again.status_code == 401
+        assert (
+            await client.simulate_post("/v1/auth/login", json={"email": email, "password": t.password})
+        ).status_code == 200
+    else:  # that was the sixth failure in a row: locked again, for twice as long
+        relocked = await client.simulate_post("/v1/auth/login", json={"email": email, "password": "guess"})
+        assert relocked.status_code == 429
+        assert relocked.json["message"] == "too many failed logins; try again in 121 s"
