@@ -184,3 +184,42 @@ def test_watch_errors(sandbox: Any, workdir: str) -> None:
     sandbox.files.write(f"{workdir}/file.txt", "f")
     with pytest.raises(SandboxException):
         sandbox.files.watch_dir(f"{workdir}/file.txt")
+
+
+def test_symlink_info_reports_target(sandbox: Any, workdir: str) -> None:
+    from e2b import FileType
+
+    sandbox.files.write(f"{workdir}/target.txt", "t")
+    os.symlink("target.txt", f"/home/user/{workdir}/link.txt")
+    info = sandbox.files.get_info(f"{workdir}/link.txt")
+    assert info.symlink_target == f"/home/user/{workdir}/target.txt"
+    assert info.type in (FileType.FILE, FileType.SYMLINK)  # FILE for envd < is_symlink, SYMLINK with it
+    dir_info = sandbox.files.get_info(workdir)
+    assert dir_info.type == FileType.DIR
+    assert dir_info.size > 0
+    assert dir_info.permissions == "drwxr-xr-x"
+
+
+async def test_async_sandbox_streams(os_user: str, envd_debug_port: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from e2b import AsyncSandbox
+
+    monkeypatch.setenv("E2B_DEBUG", "true")
+    monkeypatch.setenv("E2B_API_KEY", "e2b_" + "0" * 40)
+    sbx = await AsyncSandbox.create()
+    name = f"sdk-files-async-{uuid.uuid4().hex[:10]}"
+    try:
+
+        async def chunks() -> Any:
+            for i in range(8):
+                yield bytes([i]) * 100_000
+
+        await sbx.files.write(f"{name}/async.bin", chunks())
+        stream = await sbx.files.read(f"{name}/async.bin", format="stream")
+        async with stream:
+            data = b"".join([chunk async for chunk in stream])
+        assert data == b"".join(bytes([i]) * 100_000 for i in range(8))
+        entries = await sbx.files.list(name)
+        assert [e.name for e in entries] == ["async.bin"]
+    finally:
+        await sbx.files.remove(name)
+        await sbx.kill()
