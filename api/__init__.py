@@ -1,7 +1,7 @@
 """Wrenn's control plane: the Falcon (ASGI) REST API, E2B-compatible sandbox routes, the sandbox traffic proxy.
 
 Entry points: `create_app` (the app, from `Settings`), `bootstrap_admin` (first admin, team and API key).
-Modules: `settings`, `app`, `deps`, `errors`, `clock`, `store` (pool + migrations), `jobs` (Postgres queue),
+Modules: `settings`, `app`, `deps`, `errors`, `clock`, `health`, `store` (pool + migrations), `jobs` (Postgres queue),
 `auth` (principals, keys, sessions), `openapi` (route declaration + document), `tenancy` (management API).
 """
 
