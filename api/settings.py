@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     sandbox_vcpus: int = Field(default=1, ge=1, le=64, description="vCPUs of a new sandbox")
     sandbox_memory_mb: int = Field(default=512, ge=128, description="memory of a new sandbox, MiB")
     sandbox_disk_mb: int = Field(default=2048, ge=256, description="disk of a new sandbox, MiB")
+    sandbox_internet: bool = Field(
+        default=False, description="internet egress of sandboxes whose create request does not say (E2B: true)"
+    )
     envd_version: str = Field(default="0.6.13", description="envd version reported to SDKs (gates SDK features)")
     host_heartbeat_interval_s: int = Field(default=10, ge=1, description="how often agents send heartbeats")
     host_heartbeat_ttl_s: float = Field(default=60.0, gt=0, description="a host silent this long gets no sandboxes")

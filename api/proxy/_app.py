@@ -225,7 +225,8 @@ class SandboxProxy:
             request = self._client.build_request(scope["method"], url, headers=fwd, content=content)
             try:
                 upstream = await _race(self._client.send(request, stream=True), stream.cut)
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                _log.warning("sandbox unreachable: %s %s: %r", key.sandbox_id, url, exc)
                 await _not_found(send, scope, key.sandbox_id, "The sandbox is not reachable on this port")
                 return
             if upstream is None:  # cut before the response started

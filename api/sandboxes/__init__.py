@@ -59,6 +59,7 @@ def register(app: falcon.asgi.App[Any, Any], deps: Deps) -> None:
             memory_mb=s.sandbox_memory_mb,
             disk_mb=s.sandbox_disk_mb,
             heartbeat_ttl_s=s.host_heartbeat_ttl_s,
+            internet_default=s.sandbox_internet,
         ),
     )
     service.register_jobs()

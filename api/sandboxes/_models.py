@@ -52,7 +52,9 @@ class NewSandbox(_In):
     template_id: str = Field(alias="templateID", pattern=TEMPLATE_PATTERN)
     timeout: int = Field(default=15, ge=0, le=MAX_TIMEOUT_S, description="seconds until the sandbox is killed")
     secure: bool = True
-    allow_internet_access: bool = True
+    allow_internet_access: bool | None = Field(
+        default=None, description="internet egress; absent: the server's default (WRENN_SANDBOX_INTERNET)"
+    )
     metadata: dict[str, str] = Field(default_factory=dict)
     env_vars: dict[str, str] = Field(default_factory=dict, alias="envVars")
     auto_pause: bool = Field(default=False, alias="autoPause")

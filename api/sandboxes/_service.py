@@ -63,6 +63,7 @@ class SandboxConfig:
     memory_mb: int = 512
     disk_mb: int = 2048
     heartbeat_ttl_s: float = 60.0
+    internet_default: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,7 @@ class SandboxService:
         now = self._clock()
         sandbox_id = self._ids.short(20)
         token = secrets.token_hex(16) if body.secure else None
+        internet = self.config.internet_default if body.allow_internet_access is None else body.allow_internet_access
         rec = SandboxRecord(
             id=sandbox_id,
             team_id=team_id,
@@ -158,7 +160,7 @@ class SandboxService:
             envd_address=None,
             envd_version=self.config.envd_version,
             envd_token=token,
-            allow_internet=body.allow_internet_access,
+            allow_internet=internet,
             auto_pause=body.auto_pause,
             created_at=now,
             started_at=now,
@@ -188,7 +190,7 @@ class SandboxService:
             metadata=rec.metadata,
             timeout_s=body.timeout,
             envd_access_token=token,
-            allow_internet=body.allow_internet_access,
+            allow_internet=internet,
         )
         try:
             # The expiry job is queued while the agent works (it only acts on a running sandbox past its end).
@@ -203,7 +205,7 @@ class SandboxService:
         except BaseException as exc:
             await asyncio.shield(self._undo_create(sandbox_id, agent.destroy_sandbox))
             if isinstance(exc, WrennError) and exc.status == 404 and "template" in exc.message.lower():
-                raise NotFound(f"template '{body.template_id}' not found") from exc
+                raise NotFound(f"template '{body.template_id}' not found on its host: {exc.message}") from exc
             raise
         log.info("sandbox created", template=rec.template, timeout=body.timeout)
         return SandboxCreated(

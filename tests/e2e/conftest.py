@@ -29,12 +29,8 @@ def _skip_reason() -> str | None:
         return "needs root (network namespaces, TAP devices, cgroups)"
     if shutil.which("qemu-system-x86_64") is None:
         return "qemu-system-x86_64 is not installed"
-    try:
-        from wrenn.images import find_image
-
-        find_image("base")
-    except Exception as exc:  # noqa: BLE001  # any failure means: no usable image here
-        return f"no built base image ({exc}); run `wrenn image build base`"
+    if shutil.which("debootstrap") is None:
+        return "debootstrap is not installed (wrenn up builds the base image on first start)"
     return None
 
 
@@ -73,6 +69,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _kill_all(url: str, key: str) -> None:
+    """The agent keeps sandboxes running across its restarts (by design): kill ours before stopping wrenn up."""
+    with httpx.Client(base_url=url, headers={"X-API-KEY": key}, timeout=60) as c:
+        for sandbox in c.get("/v2/sandboxes").json():
+            c.delete(f"/sandboxes/{sandbox['sandboxID']}")
+
+
 @pytest.fixture(scope="session")
 def wrenn_up() -> Iterator[Up]:
     reason = _skip_reason()
@@ -80,10 +83,10 @@ def wrenn_up() -> Iterator[Up]:
         pytest.skip(reason)
     data_dir = Path(tempfile.mkdtemp(prefix="wrenn-e2e-"))
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WRENN_", "E2B_"))}
+    # The image cache may be chosen (WRENN_IMAGE_CACHE); everything else is wrenn up's own defaults.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WRENN_", "E2B_")) or k == "WRENN_IMAGE_CACHE"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wrenn.cli", "up", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
-         "--no-build"],
+        [sys.executable, "-m", "wrenn.cli", "up", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     output: list[str] = []
@@ -108,6 +111,8 @@ def wrenn_up() -> Iterator[Up]:
             raise RuntimeError("wrenn up did not become ready:\n" + "".join(output[-60:]))
         yield Up(settings["E2B_API_URL"], settings["E2B_API_KEY"], data_dir, proc, output)
     finally:
+        if proc.poll() is None and "E2B_API_KEY" in settings:
+            _kill_all(settings["E2B_API_URL"], settings["E2B_API_KEY"])
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -116,6 +121,8 @@ def wrenn_up() -> Iterator[Up]:
                 proc.kill()
                 proc.wait()
         thread.join(10)
+        # wrenn up's log for post-mortems (the data dir is removed below)
+        Path(tempfile.gettempdir(), "wrenn-e2e-last.log").write_text("".join(output))
         if proc.stdout is not None:
             proc.stdout.close()
         shutil.rmtree(data_dir, ignore_errors=True)
