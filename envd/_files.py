@@ -254,7 +254,13 @@ def _metadata(request: Request) -> dict[str, str] | None:
 
 
 def _choose_encoding(accept: str | None) -> str:
-    """``gzip`` or ``identity`` from an Accept-Encoding header; 406 when neither is acceptable."""
+    """``gzip`` or ``identity`` from an Accept-Encoding header; 406 when neither is acceptable.
+
+    gzip is chosen when the client prefers it to identity or names no other coding (the e2b SDK's ``gzip=True``
+    sends exactly ``gzip``). A tie with other codings listed — httpx's default ``gzip, deflate``, which every SDK
+    read sends — goes to identity: compressing every download by default would cost the guest's CPU on data that
+    is often incompressible, and RFC 9110 leaves the choice among equally acceptable codings to the server.
+    """
     if not accept or not accept.strip():
         return "identity"
     weights: dict[str, float] = {}
@@ -274,7 +280,8 @@ def _choose_encoding(accept: str | None) -> str:
     star = weights.get("*")
     gzip_q = weights.get("gzip", weights.get("x-gzip", star if star is not None else 0.0))
     identity_q = weights.get("identity", star if star is not None and star == 0.0 else 1.0)
-    if gzip_q > 0 and gzip_q >= identity_q:
+    only_gzip = all(coding in ("gzip", "x-gzip", "identity") for coding in weights)
+    if gzip_q > 0 and (gzip_q > identity_q or (gzip_q == identity_q and only_gzip)):
         return "gzip"
     if identity_q > 0:
         return "identity"

@@ -138,6 +138,31 @@ def test_gzip_upload_and_download(http: httpx.Client, base: Path) -> None:
     assert gzip.decompress(raw) == BLOB
 
 
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [
+        ("gzip", "gzip"),
+        ("x-gzip", "gzip"),
+        ("gzip;q=1, identity;q=0.5", "gzip"),
+        ("gzip, deflate", None),  # httpx's default, sent by every SDK read: a tie, so no compression
+        ("gzip;q=0.5, identity", None),
+        ("identity", None),
+        ("*", None),  # anything goes: identity
+        ("br, *;q=0.1", None),
+    ],
+)
+def test_accept_encoding_choice(http: httpx.Client, base: Path, accept: str, expected: str | None) -> None:
+    target = base / "choice.txt"
+    target.write_bytes(BLOB[:5000])
+    with http.stream(
+        "GET", "/files", params={"path": str(target), "username": "root"}, headers={"Accept-Encoding": accept}
+    ) as got:
+        assert got.status_code == 200
+        assert got.headers.get("content-encoding") == expected
+        raw = b"".join(got.iter_raw())
+    assert (gzip.decompress(raw) if expected else raw) == BLOB[:5000]
+
+
 def test_encoding_errors(http: httpx.Client, base: Path) -> None:
     target = base / "e.txt"
     target.write_bytes(b"e")
