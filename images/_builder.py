@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import _cache, _kernel, _keys, _mirror, _rootfs
+from . import _cache, _kernel, _keys, _microvm_kernel, _mirror, _rootfs
 from ._errors import BuildError, ImageError, TemplateError
 from ._manifest import GuestImage, write_manifest
 from ._recipe import DEBIAN_BASE, NAME_PATTERN, Template, load_template
@@ -104,8 +104,8 @@ def build_image(
             raise
         progress(BuildState.RESOLVING, f"{exc.message}; looking for a cached image with the same sources")
         return _cache.newest_matching(root, template.name, source)
-    kernel = _kernel.resolve_kernel_package()
-    key = _keys.image_key(source, kernel_package=str(kernel), debian_release=release, base_key=base.key if base else "")
+    kernel = _microvm_kernel.kernel_name() if template.kernel == "microvm" else str(_kernel.resolve_kernel_package())
+    key = _keys.image_key(source, kernel_package=kernel, debian_release=release, base_key=base.key if base else "")
     progress(BuildState.RESOLVING, f"key {key[:16]} (mirror {mirror}, Release {release}, kernel {kernel})")
     if not force and (found := _cache.cached(root, template.name, key)) is not None:
         progress(BuildState.DONE, f"cached: {found.rootfs.parent}")
@@ -151,7 +151,7 @@ def _build(
     base: GuestImage | None,
     mirror: str,
     release: str,
-    kernel: _kernel.KernelPackage,
+    kernel: str,
     store: Path,
     deb_cache: Path,
     progress: Progress,
@@ -173,8 +173,7 @@ def _build(
             state = _rootfs.ImageState()
         else:
             progress(BuildState.ROOTFS, f"starting from {base.name} ({base.key[:16]})")
-            _rootfs.unpack_base(tree, base.rootfs, template, progress=progress)
-            state = _rootfs.ImageState(base.env, base.workdir, base.user)
+            state = _rootfs.unpack_base(tree, base.rootfs.parent.parent / base.tree, template, progress=progress)
         _rootfs.run_steps(tree, folder, template.steps, state, progress=progress)
         progress(BuildState.STEPS, f"saving the package tree as {archive.name}")
         _rootfs.save_tree(tree, archive, state)
@@ -185,18 +184,27 @@ def _build(
     rootfs = work / "rootfs.ext4"
     size = _rootfs.make_ext4(tree, rootfs, progress=progress)
     _rootfs.remove_tree(tree)
-    progress(BuildState.KERNEL, f"kernel {kernel} and initramfs")
-    kernel_dir = _kernel.fetch_kernel(kernel, store, progress)
-    shutil.copy(kernel_dir / "vmlinuz", work / "vmlinuz")
-    _kernel.build_initramfs(kernel_dir, work / "initrd.gz")
+    if template.kernel == "microvm":
+        progress(BuildState.KERNEL, f"kernel {kernel} (built once from {_microvm_kernel.SOURCE_PACKAGE})")
+        kernel_dir = _microvm_kernel.build_microvm_kernel(store, progress)
+        vmlinux, initrd = work / "vmlinux", None
+        shutil.copy(kernel_dir / "vmlinux", vmlinux)
+        cmdline = f"{_microvm_kernel.CMDLINE} init={_kernel.GUEST_INIT_PATH} {ROOT_CMDLINE}"
+    else:
+        progress(BuildState.KERNEL, f"kernel {kernel} and initramfs")
+        kernel_dir = _kernel.fetch_kernel(_kernel.KernelPackage.parse(kernel), store, progress)
+        vmlinux, initrd = work / "vmlinuz", work / "initrd.gz"
+        shutil.copy(kernel_dir / "vmlinuz", vmlinux)
+        _kernel.build_initramfs(kernel_dir, initrd)
+        cmdline = f"{_kernel.BASE_CMDLINE} {ROOT_CMDLINE}"
     image = GuestImage(
         name=template.name,
         key=key,
         source_key=source,
-        kernel=work / "vmlinuz",
-        initrd=work / "initrd.gz",
+        kernel=vmlinux,
+        initrd=initrd,
         rootfs=rootfs,
-        kernel_cmdline=f"{_kernel.BASE_CMDLINE} {ROOT_CMDLINE}",
+        kernel_cmdline=cmdline,
         defaults=template.defaults,
         env=state.env,
         user=state.user,
@@ -206,8 +214,9 @@ def _build(
         allocated_bytes=rootfs.stat().st_blocks * 512,
         build_seconds=round(time.monotonic() - started, 1),
         built_at=datetime.now(UTC),
-        kernel_package=str(kernel),
+        kernel_package=kernel,
         debian_release=release,
+        tree=archive.name,
     )
     write_manifest(work, image)
     return image

@@ -190,6 +190,8 @@ def supervise(env: dict[str, str]) -> Shutdown:
 
 
 def shut_down(how: int, why: str) -> None:
+    """Stop everything, sync, remount / read-only, then power off (or reboot: without ACPI a power-off would only
+    halt the CPU, while a reboot ends the VMM, which runs with -no-reboot)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     log(f"shutting down: {why}")
@@ -206,6 +208,8 @@ def shut_down(how: int, why: str) -> None:
     os.sync()
     if _libc.mount(b"none", b"/", None, _MS_REMOUNT | _MS_RDONLY, None) != 0:
         log(f"remount / read-only: {os.strerror(ctypes.get_errno())}")
+    if how == _RB_POWER_OFF and not os.path.isdir("/sys/firmware/acpi"):
+        how = _RB_AUTOBOOT
     _libc.reboot(how)
     log(f"reboot(2) failed: {os.strerror(ctypes.get_errno())}")
 

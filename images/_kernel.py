@@ -61,6 +61,11 @@ class KernelPackage:
     def __str__(self) -> str:
         return f"{self.name}={self.version}"
 
+    @classmethod
+    def parse(cls, text: str) -> KernelPackage:
+        name, _, version = text.partition("=")
+        return cls(name, version)
+
 
 def initramfs_script() -> str:
     return INITRAMFS_INIT.replace("MODULES", " ".join(MODULES)).replace("INIT", GUEST_INIT_PATH)

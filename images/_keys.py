@@ -62,7 +62,7 @@ def tree_key(template: Template, folder: Path, *, base_key: str, debian_release:
     copies = [folder / source for step in template.steps if isinstance(step, CopyStep) for source in step.sources]
     document = {
         "format": FORMAT_VERSION,
-        "recipe": template.model_dump(mode="json"),
+        "recipe": template.model_dump(mode="json", include={"base", "packages", "steps"}),
         "copies": tree_digest(copies, folder),
         "base": base_key,
         "release": debian_release,

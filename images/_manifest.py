@@ -43,6 +43,8 @@ class GuestImage(BaseModel):
     kernel_package: str
     debian_release: str
     """The Debian mirror's ``Release`` date the packages came from."""
+    tree: str = ""
+    """File name of the saved package tree (next to the image folders) that templates built on this one start from."""
 
     def relative_to(self, directory: Path) -> GuestImage:
         return self.model_copy(update=_paths(self, lambda p: p.relative_to(directory)))

@@ -13,6 +13,7 @@ A recipe::
       - USER user
     healthcheck: --interval=5s --timeout=2s --start-period=1s --retries=3 CMD curl -fsS http://localhost:8000/
     defaults: {vcpus: 2, memory_mb: 512, disk_mb: 2048}
+    kernel: debian                 # or microvm (built from linux-source-6.1)
 """
 
 from __future__ import annotations
@@ -112,6 +113,8 @@ class Template(_Strict):
     steps: tuple[Step, ...] = ()
     healthcheck: Healthcheck | None = None
     defaults: Defaults = Defaults()
+    kernel: Literal["debian", "microvm"] = "debian"
+    """``debian``: Debian's cloud kernel + initramfs; ``microvm``: built from linux-source-6.1 (see docs/images.md)."""
 
     @field_validator("base")
     @classmethod

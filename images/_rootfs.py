@@ -67,16 +67,19 @@ def debootstrap(tree: Path, template: Template, *, mirror: str, deb_cache: Path,
     run(argv, step="debootstrap", progress=progress)
 
 
-def unpack_base(tree: Path, base_rootfs: Path, template: Template, *, progress: Progress) -> None:
-    """Start from the base template's image: its ext4 contents copied out with debugfs, then the extra packages."""
-    tree.mkdir(parents=True)
-    run(["debugfs", "-R", f"rdump / {tree}", str(base_rootfs)], step="unpack-base")
+def unpack_base(tree: Path, base_tree: Path, template: Template, *, progress: Progress) -> ImageState:
+    """Start from the base template's saved package tree (debugfs' rdump would lose setuid bits), then add the
+    template's packages."""
+    state = load_tree(tree, base_tree)
+    if state is None:
+        raise BuildError("unpack-base", f"the base's package tree {base_tree} is gone; rebuild the base with --force")
     if template.packages:
         with _network_in(tree):
             script = "apt-get update -q && apt-get install -y -q --no-install-recommends " + shlex.join(
                 template.packages
             )
             in_tree(tree, ["/bin/sh", "-c", script], ImageState(), step="packages", progress=progress)
+    return state
 
 
 def in_tree(tree: Path, argv: list[str], state: ImageState, *, step: str, progress: Progress) -> None:
@@ -102,8 +105,18 @@ def save_tree(tree: Path, archive: Path, state: ImageState) -> None:
         os.replace(partial, archive)
     finally:
         partial.unlink(missing_ok=True)
-    for old in archive.parent.glob(".tree-*.tar"):
-        if old != archive:
+    prune_trees(archive.parent, keep={archive.name})
+
+
+def prune_trees(folder: Path, keep: set[str]) -> None:
+    """Remove saved trees in `folder` that no image there refers to (other than `keep`)."""
+    for manifest in folder.glob("*/manifest.json"):
+        try:
+            keep.add(str(json.loads(manifest.read_text()).get("tree", "")))
+        except (OSError, ValueError):
+            continue
+    for old in folder.glob(".tree-*.tar"):
+        if old.name not in keep:
             old.unlink(missing_ok=True)
             old.with_suffix(".json").unlink(missing_ok=True)
 
@@ -219,6 +232,8 @@ def finish(tree: Path, state: ImageState, *, progress: Progress) -> None:
     in_tree(tree, ["python3", "-m", "compileall", "-q", "/opt/wrenn"], ImageState(), step="finish", progress=progress)
     shutil.rmtree(tree / "var/cache/apt/archives", ignore_errors=True)
     (tree / "var/cache/apt/archives/partial").mkdir(parents=True, exist_ok=True)
+    for cache in (tree / "var/cache/apt").glob("*.bin"):
+        cache.unlink()
     lists = tree / "var/lib/apt/lists"
     for entry in lists.glob("*") if lists.is_dir() else []:
         if entry.is_file():
