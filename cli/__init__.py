@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import cast
 
 # Modules under wrenn.cli that add subcommands. A missing module is a bug, not an optional feature.
-_GROUPS = ("image", "envd", "agent", "up", "sandbox", "api")
+_GROUPS = ("image", "envd", "agent", "up", "sandbox", "api", "provision")
 
 Handler = Callable[[argparse.Namespace], int]
 
