@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -97,12 +98,12 @@ class SandboxProxy:
         self._cache: dict[str, tuple[float, ProxyTarget | None]] = {}
         self._key_cache: dict[str, tuple[float, str | None]] = {}
         self._streams: dict[str, set[_Stream]] = {}
-        self._client = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
-            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100),
-            follow_redirects=False,
-        )
+        # One connection pool per sandbox, closed when the sandbox stops: addresses are reused by later sandboxes
+        # (slots), and a kept-alive connection to a VM that vanished without a FIN would otherwise be reused.
+        self._transport = transport
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self._ssl = ssl.create_default_context()
 
     async def __aenter__(self) -> Self:
         return self
@@ -116,7 +117,27 @@ class SandboxProxy:
         for streams in self._streams.values():
             for stream in streams:
                 stream.cut.set()
-        await self._client.aclose()
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    def _client_for(self, sandbox_id: str) -> httpx.AsyncClient:
+        if self._transport is not None:
+            sandbox_id = ""  # an injected transport (tests) is shared: one client owns it
+        client = self._clients.get(sandbox_id)
+        if client is None:
+            client = httpx.AsyncClient(
+                transport=self._transport,
+                verify=self._ssl,  # never used (plain HTTP to sandboxes); shared so no client builds its own
+                trust_env=False,
+                timeout=httpx.Timeout(connect=5.0, read=None, write=60.0, pool=10.0),
+                limits=httpx.Limits(max_connections=200, max_keepalive_connections=20),
+                follow_redirects=False,
+            )
+            self._clients[sandbox_id] = client
+        return client
 
     def remember(self, target: ProxyTarget) -> None:
         """Cache a route the sandbox domain just learned (a sandbox started), saving the first lookup."""
@@ -132,6 +153,11 @@ class SandboxProxy:
         streams = self._streams.pop(sandbox_id, set())
         for stream in streams:
             stream.cut.set()
+        client = self._clients.pop(sandbox_id, None)
+        if client is not None:
+            task = asyncio.get_running_loop().create_task(client.aclose())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         return len(streams)
 
     def open_streams(self, sandbox_id: str) -> int:
@@ -222,9 +248,10 @@ class SandboxProxy:
                     content = b"".join([chunk async for chunk in _request_body(receive, body_done)])
                 else:
                     content = _request_body(receive, body_done)
-            request = self._client.build_request(scope["method"], url, headers=fwd, content=content)
+            client = self._client_for(key.sandbox_id)
+            request = client.build_request(scope["method"], url, headers=fwd, content=content)
             try:
-                upstream = await _race(self._client.send(request, stream=True), stream.cut)
+                upstream = await _race(client.send(request, stream=True), stream.cut)
             except httpx.TransportError as exc:
                 _log.warning("sandbox unreachable: %s %s: %r", key.sandbox_id, url, exc)
                 await _not_found(send, scope, key.sandbox_id, "The sandbox is not reachable on this port")
