@@ -55,6 +55,8 @@ class FakeAgent:
         self.shared_envd = shared_envd
         self._shared: tuple[subprocess.Popen[bytes], int] | None = None
         self.sandboxes: dict[str, _Sandbox] = {}
+        self.keep_envd_on_destroy = False  # destroy leaves envd running: only the proxy can cut streams then
+        self._kept: list[subprocess.Popen[bytes]] = []
         self.fail_next_create = False
         self.creates = 0
         self._tmp = tempfile.TemporaryDirectory(prefix="wrenn-fake-agent-")
@@ -118,13 +120,17 @@ class FakeAgent:
         sandbox = self.sandboxes.pop(sandbox_id, None)
         if sandbox is None:
             return False
-        if not self.shared_envd:
+        if self.keep_envd_on_destroy:
+            self._kept.append(sandbox.proc)
+        elif not self.shared_envd:
             _stop(sandbox.proc)
         return True
 
     def close(self) -> None:
         for sandbox_id in list(self.sandboxes):
             self.destroy(sandbox_id)
+        for proc in self._kept:
+            _stop(proc)
         if self._shared is not None:
             _stop(self._shared[0])
             self._shared = None

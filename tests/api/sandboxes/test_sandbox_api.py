@@ -236,3 +236,19 @@ def test_sdk_end_to_end(e2b_env: Stack) -> None:
     assert not sbx.is_running()
     with pytest.raises((NotFoundException, SandboxException)):
         sbx.get_info()
+
+
+def test_kill_cuts_open_streams(e2b_env: Stack) -> None:
+    """A command streaming through the proxy ends when its sandbox is killed, even though (in this double) the
+    envd process behind it lives on: the proxy itself cuts the stream."""
+    e2b_env.agent.keep_envd_on_destroy = True
+    try:
+        sbx = Sandbox.create("base", timeout=120)
+        handle = sbx.commands.run("sleep 30", background=True, timeout=0)
+        started = time.monotonic()
+        assert Sandbox.kill(sbx.sandbox_id)
+        with pytest.raises(Exception):  # noqa: B017, PT011  # the SDK reports a broken stream in several ways
+            handle.wait()
+        assert time.monotonic() - started < 10
+    finally:
+        e2b_env.agent.keep_envd_on_destroy = False
