@@ -29,6 +29,11 @@ def register(sub: Any) -> None:
     listing.add_argument("--cache-dir", type=Path, default=None)
     listing.set_defaults(handler=_list)
 
+    prune = commands.add_parser("prune", help="remove all but the newest images of each template")
+    prune.add_argument("--keep", type=int, default=1, help="images to keep per template (default 1)")
+    prune.add_argument("--cache-dir", type=Path, default=None)
+    prune.set_defaults(handler=_prune)
+
     path = commands.add_parser("path", help="print the directory of a template's current image")
     path.add_argument("template")
     path.add_argument("--cache-dir", type=Path, default=None)
@@ -66,6 +71,14 @@ def _list(args: argparse.Namespace) -> int:
             f"{image.name:<16} {image.key[:16]:<16} {built:<19} {image.size_bytes >> 20:>10} "
             f"{image.allocated_bytes >> 20:>11}  {image.rootfs.parent}"
         )
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from wrenn.images import prune_images
+
+    for folder in prune_images(args.cache_dir, keep=max(args.keep, 1)):
+        print(f"removed {folder}")
     return 0
 
 

@@ -9,7 +9,16 @@ The host agent boots ``image.kernel``/``image.initrd`` with ``image.kernel_cmdli
 ``wrenn.gw=`` on a copy-on-write layer over ``image.rootfs``. See docs/images.md.
 """
 
-from ._builder import BuildState, build_image, find_image, list_images, source_key_of, template_folder, templates_dir
+from ._builder import (
+    BuildState,
+    build_image,
+    find_image,
+    list_images,
+    prune_images,
+    source_key_of,
+    template_folder,
+    templates_dir,
+)
 from ._cache import DEFAULT_CACHE, cache_root
 from ._errors import BuildError, ImageError, ImageNotFound, TemplateError
 from ._manifest import GuestImage
@@ -48,6 +57,7 @@ __all__ = [
     "list_images",
     "load_template",
     "parse_template",
+    "prune_images",
     "source_key_of",
     "template_folder",
     "templates_dir",

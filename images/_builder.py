@@ -80,6 +80,11 @@ def list_images(cache_dir: Path | None = None) -> list[GuestImage]:
     return _cache.all_images(_cache.cache_root(cache_dir))
 
 
+def prune_images(cache_dir: Path | None = None, keep: int = 1) -> list[Path]:
+    """Remove all but the `keep` newest images per template (never one a running VMM has open)."""
+    return _cache.prune(_cache.cache_root(cache_dir), keep)
+
+
 def build_image(
     name: str,
     *,

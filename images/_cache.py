@@ -88,5 +88,43 @@ def key_lock(root: Path, name: str, key: str) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def open_files() -> set[Path]:
+    """Files any process on the host has open (a running VMM holds its base image open)."""
+    found: set[Path] = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            links = list(fd_dir.iterdir())
+        except OSError:
+            continue
+        for link in links:
+            try:
+                found.add(Path(os.readlink(link)))
+            except OSError:
+                continue
+    return found
+
+
+def prune(root: Path, keep: int) -> list[Path]:
+    """Remove all but the `keep` newest images of each template, skipping any a running process holds open, and
+    the saved package trees no remaining image refers to. Returns the removed image folders.
+
+    Paused or stopped sandboxes whose overlays still name an old image as backing file are not visible here:
+    prune only when the host agent has none (or with a generous `keep`)."""
+    removed: list[Path] = []
+    in_use = {path.parent for path in open_files()}
+    names = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")] if root.is_dir() else []
+    for name in names:
+        for image in images_of(root, name)[keep:]:
+            folder = image.rootfs.parent
+            if folder in in_use:
+                continue
+            shutil.rmtree(folder)
+            removed.append(folder)
+        from ._rootfs import prune_trees
+
+        prune_trees(root / name, keep=set())
+    return removed
+
+
 def build_dir(root: Path, name: str, key: str) -> Path:
     return root / name / f".tmp-{key[:KEY_LENGTH]}-{os.getpid()}"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wrenn.images import GuestImage, ImageNotFound, find_image, list_images, source_key_of
+from wrenn.images import GuestImage, ImageNotFound, find_image, list_images, prune_images, source_key_of
 from wrenn.images._cache import build_dir, image_dir, key_lock
 from wrenn.images._manifest import write_manifest
 from wrenn.images._mirror import host_mirror
@@ -140,3 +140,18 @@ def test_mirror_comes_from_the_hosts_apt_sources(tmp_path: Path, monkeypatch: py
     assert host_mirror(tmp_path) == "http://one-line.example.invalid/debian"
     monkeypatch.setenv("WRENN_DEBIAN_MIRROR", "http://override.example.invalid/debian/")
     assert host_mirror(tmp_path) == "http://override.example.invalid/debian"
+
+
+def test_prune_keeps_the_newest_and_any_image_in_use(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    now = datetime.now(UTC)
+    old = _fake_image(cache, "demo", "a" * 64, "s", now - timedelta(hours=2))
+    held = _fake_image(cache, "demo", "b" * 64, "s", now - timedelta(hours=1))
+    newest = _fake_image(cache, "demo", "c" * 64, "s", now)
+    (cache / "demo/.tree-0000000000000000.tar").write_bytes(b"unreferenced tree")
+    with open(held.rootfs, "rb"):  # stands in for a VMM that has its base image open
+        removed = prune_images(cache, keep=1)
+    assert removed == [old.rootfs.parent]
+    assert held.rootfs.exists()
+    assert newest.rootfs.exists()
+    assert not (cache / "demo/.tree-0000000000000000.tar").exists()
