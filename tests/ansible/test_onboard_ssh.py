@@ -1,0 +1,141 @@
+"""``wrenn provision host`` over real SSH into a network namespace running openssh-server.
+
+The control plane comes from ``playbooks/control-plane.yml`` (PostgreSQL, the CA, `wrenn api` under the role's
+supervisor) listening on the namespace's gateway address; the test logs in as the bootstrapped admin, creates a
+one-time host token and onboards the namespace host with it. The agent started by ``onboard-host.yml`` inside the
+namespace must register: its identity file appears and ``GET /v1/hosts`` lists it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.ansible.conftest import Node, free_port
+from tests.ansible.sshhost import SSHHost, ssh_host
+from wrenn.provision.onboard import OnboardOptions, check_host, open_ssh, repo_root, run_playbook
+
+pytestmark = [pytest.mark.ansible, pytest.mark.root, pytest.mark.slow, pytest.mark.postgres]
+
+_ADMIN = "admin@provision.test"
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> Iterator[SSHHost]:
+    try:
+        with ssh_host(tmp_path / "ssh") as host:
+            yield host
+    except FileNotFoundError as exc:
+        pytest.skip(str(exc))
+
+
+def _admin_session(node: Node, api: str) -> str:
+    log = Path(node.vars["wrenn_log_dir"]) / f"{node.name}-api.log"
+    match = re.search(r"created admin \S+ \(password: (\S+)\)", log.read_text())
+    assert match, log.read_text()[-2000:]
+    r = httpx.post(f"{api}/v1/auth/login", json={"email": _ADMIN, "password": match.group(1)}, timeout=10)
+    r.raise_for_status()
+    return str(r.json()["token"])
+
+
+def test_fact_check_over_real_ssh(remote: SSHHost) -> None:
+    options = OnboardOptions(
+        target=f"root@{remote.address}",
+        api_url="http://127.0.0.1:1",
+        token="unused",
+        identity=remote.identity,
+        known_hosts=remote.known_hosts,
+    )
+    with open_ssh(options.ssh_target, identity=remote.identity, known_hosts=remote.known_hosts) as shell:
+        facts = check_host(shell, options.ssh_target)
+        ns = shell.run("ip netns identify $$ 2>/dev/null; ip -4 -o addr show scope global")
+    assert facts.os_id == "debian"
+    assert facts.arch == "x86_64"
+    assert facts.cgroup_version in ("v1", "v2")
+    assert remote.address in ns.stdout  # the command really ran inside the namespace
+
+
+def test_unknown_host_key_is_refused(remote: SSHHost, tmp_path: Path) -> None:
+    from wrenn.provision import SSHConnectError
+    from wrenn.provision.onboard import SSHTarget
+
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    with (
+        pytest.raises(SSHConnectError),
+        open_ssh(SSHTarget(user="root", host=remote.address), identity=remote.identity, known_hosts=empty),
+    ):
+        pass
+
+
+def test_onboard_host_registers_with_the_control_plane(node: Node, remote: SSHHost) -> None:
+    api_listen = f"{remote.gateway}:{free_port()}"
+    api = f"http://{api_listen}"
+    node.vars |= {
+        "wrenn_api_listen": api_listen,
+        "wrenn_api_bootstrap_admin": _ADMIN,
+        "wrenn_apt_cache_valid_time": 10 * 365 * 86400,  # the namespace has no mirror in reach
+    }
+    workdir = node.root / "cp"
+    workdir.mkdir()
+    run_playbook(
+        "control-plane.yml", inventory=repo_root() / "inventories" / "local", extra_vars=node.vars, workdir=workdir
+    )
+    session = _admin_session(node, api)
+    token = httpx.post(
+        f"{api}/v1/hosts/tokens", json={"ttl_s": 600}, headers={"Authorization": f"Bearer {session}"}, timeout=10
+    )
+    assert token.status_code == 201, token.text
+
+    agent_port = free_port()
+    agent_vars = {k: v for k, v in node.vars.items() if k.startswith(("wrenn_", "kvm_host_")) and "listen" not in k}
+    agent_vars |= {"wrenn_agent_driver": "fake", "ansible_python_interpreter": "/usr/bin/python3"}
+    command = [
+        sys.executable,
+        "-m",
+        "wrenn.cli",
+        "provision",
+        "host",
+        f"root@{remote.address}",
+        "--api-url",
+        api,
+        "--token",
+        token.json()["token"],
+        "--identity",
+        str(remote.identity),
+        "--known-hosts",
+        str(remote.known_hosts),
+        "--name",
+        "ns-host",
+        "--agent-listen",
+        f"0.0.0.0:{agent_port}",
+        "--advertise-url",
+        f"http://{remote.address}:{agent_port}",
+        "--admin-token",
+        session,
+        "--timeout",
+        "120",
+    ]
+    for key, value in agent_vars.items():
+        command += ["-e", f"{key}={value}"]
+    started = time.monotonic()
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert result["facts"]["os_id"] == "debian"
+    assert result["host_id"]
+    assert result["listed_by_api"] is True
+    assert time.monotonic() - started < 900
+
+    hosts = httpx.get(f"{api}/v1/hosts", headers={"Authorization": f"Bearer {session}"}, timeout=10).json()
+    (ours,) = [h for h in hosts if h["id"] == result["host_id"]]
+    assert ours["name"] == "ns-host"
+    assert ours["address"] == f"http://{remote.address}:{agent_port}"
