@@ -145,14 +145,12 @@ def _guest_in(cache: Path) -> TestGuest:
 def product_image() -> TestGuest | None:
     """The real `base` image when wrenn.images has built it, else None."""
     try:
-        from wrenn.images import find_image  # type: ignore[attr-defined,unused-ignore]
+        from wrenn.images import find_image
     except ImportError:
         return None
     try:
         image = find_image("base")
     except (LookupError, OSError, ValueError, WrennError):  # not built yet
-        return None
-    if image is None:
         return None
     return TestGuest(
         kernel=Path(image.kernel),
