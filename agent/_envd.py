@@ -6,6 +6,7 @@ from a warm snapshot: the guest's clock stopped when the snapshot was taken and 
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 import httpx
@@ -15,6 +16,8 @@ from wrenn.agent.vmm import wait_envd
 from wrenn.protocol.errors import Unavailable
 
 _log = structlog.get_logger(__name__)
+
+INIT_ATTEMPTS = 3
 
 
 class EnvdClient:
@@ -44,10 +47,17 @@ class EnvdClient:
         body: dict[str, object] = {"envVars": env_vars, "timestamp": datetime.now(UTC).isoformat()}
         if access_token is not None:
             body["accessToken"] = access_token
-        try:
-            response = await self._client.post(f"http://{address}/init", json=body)
-        except httpx.HTTPError as exc:
-            raise Unavailable(f"envd at {address}: POST /init failed: {exc}") from exc
+        # A fresh connection each time: clones reuse guest addresses, and a pooled keep-alive connection to an
+        # earlier sandbox at the same address would be stale. /init is idempotent, so a transport error is retried.
+        headers = {"Connection": "close"}
+        for attempt in range(INIT_ATTEMPTS):
+            try:
+                response = await self._client.post(f"http://{address}/init", json=body, headers=headers)
+                break
+            except httpx.TransportError as exc:
+                if attempt == INIT_ATTEMPTS - 1:
+                    raise Unavailable(f"envd at {address}: POST /init failed: {exc!r}") from exc
+                await asyncio.sleep(0.05 * (attempt + 1))
         if response.status_code == 404:
             _log.warning("guest has no envd /init; env vars and access token not set", address=address)
             return
