@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import socket
@@ -72,17 +73,28 @@ def connection_lines(api_url: str, domain: str, api_key: str) -> list[str]:
     ]
 
 
-async def _ensure_image(template: str, build: bool) -> None:
+async def _ensure_image(template: str, build: bool, table: Path) -> Path:
+    """Find (or build) the template's image and pin it in ``table`` for the agent: `wrenn up` serves the image it
+    started with, even if the sources change while it runs (restart it after ``wrenn image build``)."""
     from wrenn.images import ImageNotFound, build_image, find_image
 
     try:
-        await asyncio.to_thread(find_image, template)
-        return
+        image = await asyncio.to_thread(find_image, template)
     except ImageNotFound:
         if not build:
             raise
-    _log.info("building the guest image (first start only; takes minutes)", template=template)
-    await asyncio.to_thread(build_image, template)
+        _log.info("building the guest image (first start only; takes minutes)", template=template)
+        image = await asyncio.to_thread(build_image, template)
+    spec = {
+        "kernel": str(image.kernel),
+        "initrd": str(image.initrd) if image.initrd else None,
+        "rootfs": str(image.rootfs),
+        "kernel_cmdline": image.kernel_cmdline,
+        "key": image.key,
+        "rootfs_format": "raw",
+    }
+    await asyncio.to_thread(table.write_text, json.dumps({template: spec}, indent=2))
+    return table
 
 
 class _NoSignals(uvicorn.Server):
@@ -143,7 +155,7 @@ async def run_up(
         if not database_url:
             cluster = await stack.enter_async_context(PrivateCluster(data_dir))
             database_url = cluster.url
-        await _ensure_image(options.template, options.build_image)
+        images_file = await _ensure_image(options.template, options.build_image, data_dir / "images.json")
 
         api_sock = _bind(options.listen)
         api_host = options.listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
@@ -193,6 +205,7 @@ async def run_up(
             api_url=api_url,
             registration_token=token,
             name=socket.gethostname(),
+            images_file=images_file,
         )
         agent_app, _runtime = create_agent_app(agent_settings)
         agent = _Server(agent_app, agent_sock, "wrenn-agent")
