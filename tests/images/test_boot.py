@@ -25,6 +25,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.sdk, pytest.mark.slow]
 
 BOOT_LIMIT = 180.0  # a TCG boot takes ~6 s alone; far more with other VMs on the same 2 cores
 EXTRA_DISK_MB = 512
+EXTRA_ARGS = "wrenn.dns=192.0.2.53,192.0.2.54 wrenn.hostname=sbx-test"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +64,7 @@ async def booted(base_image: GuestImage, tmp_path: Path) -> AsyncIterator[Booted
         vm_id="image-boot",
         kernel=base_image.kernel,
         initrd=base_image.initrd,
-        kernel_cmdline=base_image.kernel_cmdline,
+        kernel_cmdline=f"{base_image.kernel_cmdline} {EXTRA_ARGS}",  # no wrenn.ip=: the defaults must apply
         rootfs=overlay,
         vcpus=1,
         memory_mb=base_image.defaults.memory_mb,
@@ -128,7 +129,9 @@ def test_network_from_the_contract(sandbox: Any) -> None:
     addresses = sandbox.commands.run("ip -4 -o addr show dev eth0; ip route show default").stdout
     assert "169.254.0.21/30" in addresses
     assert "default via 169.254.0.22 dev eth0" in addresses
-    assert sandbox.commands.run("hostname").stdout.strip() == "wrenn"
+    assert sandbox.commands.run("hostname").stdout.strip() == "sbx-test"
+    resolv = sandbox.commands.run("grep nameserver /etc/resolv.conf").stdout
+    assert resolv == "nameserver 192.0.2.53\nnameserver 192.0.2.54\n"
 
 
 def test_init_is_pid1_and_grows_the_root_filesystem(sandbox: Any, booted: Booted) -> None:
