@@ -35,6 +35,7 @@ from wrenn.agent._images import AgentImage, ImageSource
 from wrenn.agent._processes import kill_processes_mentioning
 from wrenn.agent._resources import HostFacts, HostResources, NetworkLease
 from wrenn.agent._slots import SlotAllocator
+from wrenn.agent.pause import PauseKeeper
 from wrenn.agent.state import SandboxRecord, StateStore, Step
 from wrenn.agent.templates import WarmSnapshot, WarmTemplates
 from wrenn.agent.vmm import EXITED_STATES, VM, DiskFormat, VMConfig, VMDriver, VMMError
@@ -92,6 +93,14 @@ class SandboxManager:
         self._facts: HostFacts | None = None
         self._accelerator: Accelerator | None = None
         self.host_id = host_id
+        self._pauser = PauseKeeper(
+            store=store,
+            driver=driver,
+            resources=resources,
+            envd=envd,
+            ready_limit=self._limits.ready_restore,
+            stop_grace=self._limits.stop_grace,
+        )
 
     # ---- lifecycle of the manager ----------------------------------------------------------------------------
 
@@ -293,6 +302,28 @@ class SandboxManager:
     async def _save(self, record: SandboxRecord) -> None:
         await asyncio.to_thread(self._store.save, record)
 
+    # ---- pause and resume (wrenn.agent.pause) -----------------------------------------------------------------
+
+    async def pause(self, sandbox_id: str, *, memory: bool = True) -> SandboxInfo:
+        """Save the sandbox to files and end its VMM (Conflict when already paused or not running)."""
+        sandbox = self._held(sandbox_id)
+        async with sandbox.lock:
+            await self._pauser.pause(sandbox, memory=memory)
+        return self._info(sandbox)
+
+    async def resume(self, sandbox_id: str) -> tuple[SandboxInfo, bool]:
+        """Bring a paused sandbox back in its own namespace and slot; (info, False) when it was running."""
+        sandbox = self._held(sandbox_id)
+        async with sandbox.lock:
+            resumed = await self._pauser.resume(sandbox)
+        return self._info(sandbox), resumed
+
+    def _held(self, sandbox_id: str) -> _Sandbox:
+        sandbox = self._sandboxes.get(sandbox_id)
+        if sandbox is None:
+            raise NotFound(f"sandbox {sandbox_id} not found on this host")
+        return sandbox
+
     # ---- destroy ---------------------------------------------------------------------------------------------
 
     async def destroy(self, sandbox_id: str) -> None:
@@ -368,6 +399,8 @@ class SandboxManager:
             sandbox = _Sandbox(record)
             self._sandboxes[record.sandbox_id] = sandbox
             log = _log.bind(sandbox_id=record.sandbox_id, state=record.state.value)
+            if await self._pauser.recover(sandbox):
+                continue  # paused, or caught mid-pause/resume: settled by wrenn.agent.pause
             if record.state is SandboxState.RUNNING and record.run_dir is not None:
                 try:
                     sandbox.vm = await self._driver.adopt(record.run_dir)

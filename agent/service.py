@@ -5,6 +5,8 @@
     POST   /v1/sandboxes         CreateSandbox -> 201 SandboxInfo (once envd answers /health and took /init)
     GET    /v1/sandboxes/{id}    -> 200 SandboxInfo
     DELETE /v1/sandboxes/{id}    -> 204 (idempotent)
+    POST   /v1/sandboxes/{id}/pause   PauseSandbox -> 200 SandboxInfo (409 already paused)
+    POST   /v1/sandboxes/{id}/resume  -> 201 SandboxInfo (resumed) or 200 (was running)
 
 Errors are ``{"code", "message"}`` with the status of the `wrenn.protocol.errors` kind; a body that does not
 validate is 400; anything else is logged with its traceback and answered 500 with a plain message.
@@ -25,7 +27,7 @@ from pydantic import BaseModel, ValidationError
 
 from wrenn.agent._runtime import AgentRuntime
 from wrenn.agent.settings import AgentSettings
-from wrenn.protocol.agent import CreateSandbox, SandboxList
+from wrenn.protocol.agent import CreateSandbox, PauseSandbox, SandboxList
 from wrenn.protocol.errors import Invalid, WrennError
 
 _log = structlog.get_logger(__name__)
@@ -73,6 +75,30 @@ class _Sandbox:
         structlog.contextvars.bind_contextvars(sandbox_id=sandbox_id)
         await self._runtime.manager.destroy(sandbox_id)
         resp.status = 204
+
+
+class _Pause:
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self._runtime = runtime
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str) -> None:
+        structlog.contextvars.bind_contextvars(sandbox_id=sandbox_id)
+        raw = await req.stream.read()
+        try:
+            request = PauseSandbox.model_validate_json(raw or b"{}")
+        except ValidationError as exc:
+            raise Invalid(_validation_message(exc)) from exc
+        _send(resp, await self._runtime.manager.pause(sandbox_id, memory=request.memory))
+
+
+class _Resume:
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self._runtime = runtime
+
+    async def on_post(self, _req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str) -> None:
+        structlog.contextvars.bind_contextvars(sandbox_id=sandbox_id)
+        info, resumed = await self._runtime.manager.resume(sandbox_id)
+        _send(resp, info, status=201 if resumed else 200)
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -134,6 +160,8 @@ def create_agent_app(
     app.add_route("/v1/health", _Health(runtime))
     app.add_route("/v1/sandboxes", _Sandboxes(runtime))
     app.add_route("/v1/sandboxes/{sandbox_id}", _Sandbox(runtime))
+    app.add_route("/v1/sandboxes/{sandbox_id}/pause", _Pause(runtime))
+    app.add_route("/v1/sandboxes/{sandbox_id}/resume", _Resume(runtime))
     # Falcon picks the most specific registered handler, so the order here does not matter for dispatch.
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)

@@ -7,6 +7,8 @@ Routes (all bodies JSON, errors ``{"code": int, "message": str}`` with the statu
     POST   /v1/sandboxes              CreateSandbox -> 201 SandboxInfo (only once envd answers /health)
     GET    /v1/sandboxes/{id}         -> 200 SandboxInfo
     DELETE /v1/sandboxes/{id}         -> 204 (idempotent: 404 only if the agent never knew the id)
+    POST   /v1/sandboxes/{id}/pause   PauseSandbox -> 200 SandboxInfo (409 when already paused or not running)
+    POST   /v1/sandboxes/{id}/resume  -> 201 SandboxInfo when it resumed, 200 when it was running (409 otherwise)
 
 Later issues extend this (pause, resume, snapshot); add fields with defaults so old peers keep working.
 """
@@ -51,6 +53,10 @@ class CreateSandbox(_Model):
     timeout_s: int = Field(default=300, ge=0, le=86400 * 30)
     envd_access_token: str | None = None
     allow_internet: bool = False
+
+
+class PauseSandbox(_Model):
+    memory: bool = Field(default=True, description="keep guest memory (processes run on); false keeps only the disk")
 
 
 class SandboxInfo(_Model):
