@@ -122,8 +122,17 @@ def fetch_kernel(package: KernelPackage, store: Path, progress: Progress) -> Pat
             if not found:
                 raise BuildError("kernel", f"{package} has no module {module}.ko")
             shutil.copy(found[0], unpacked / "modules" / found[0].name)
-        os.replace(unpacked, target)  # atomic: a half-unpacked kernel is never seen
+        publish(unpacked, target)
     return target
+
+
+def publish(folder: Path, target: Path) -> None:
+    """Rename `folder` to `target` atomically; a concurrent build that got there first wins (same contents)."""
+    try:
+        os.replace(folder, target)
+    except OSError:
+        if not target.is_dir():
+            raise
 
 
 def build_initramfs(kernel_dir: Path, out: Path) -> None:

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from ._errors import BuildError
+from ._kernel import publish
 from ._run import Progress, run
 
 SOURCE_PACKAGE = "linux-source-6.1"
@@ -142,5 +143,5 @@ def build_microvm_kernel(store: Path, progress: Progress) -> Path:
         built.mkdir()
         shutil.copy(source / "vmlinux", built / "vmlinux")
         shutil.copy(source / ".config", built / "config")
-        os.replace(built, target)
+        publish(built, target)
     return target
