@@ -12,6 +12,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,11 +64,14 @@ def _psql(sql: str) -> None:
 
 def make_node(root: Path, **overrides: Any) -> Node:
     name = "wt" + secrets.token_hex(3)
+    # The data dir holds the agent's QMP/serial Unix sockets: keep it short (sun_path is 108 bytes), not under
+    # pytest's long tmp_path.
+    data = Path(tempfile.mkdtemp(prefix=f"{name}-", dir="/tmp"))
     forward = Path("/proc/sys/net/ipv4/ip_forward").read_text().strip()
     variables: dict[str, Any] = {
         "wrenn_instance": name,
         "wrenn_config_dir": str(root / "etc"),
-        "wrenn_data_dir": str(root / "data"),
+        "wrenn_data_dir": str(data),
         "wrenn_run_dir": str(root / "run"),
         "wrenn_log_dir": str(root / "log"),
         "wrenn_ip_forward": int(forward),
@@ -88,6 +92,7 @@ def cleanup_node(node: Node) -> None:
     subprocess.run(["nft", "delete", "table", "inet", f"{node.name}_host"], check=False, capture_output=True)
     _psql(f'DROP DATABASE IF EXISTS "{node.vars["wrenn_db_name"]}" WITH (FORCE)')
     _psql(f'DROP ROLE IF EXISTS "{node.vars["wrenn_db_user"]}"')
+    shutil.rmtree(node.vars["wrenn_data_dir"], ignore_errors=True)
 
 
 def _missing_tools() -> list[str]:
