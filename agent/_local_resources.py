@@ -96,7 +96,10 @@ class LocalResources:
         return HostFacts(cgroup_version=version, cow_backend="qcow2")
 
     async def aclose(self) -> None:
-        return None
+        """Remove the prefix's parent cgroups when no sandbox group is left in them (VMMs outlive the agent)."""
+        for controller in CONTROLLERS:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread((CGROUP_ROOT / controller / self._prefix).rmdir)
 
     # ---- network -----------------------------------------------------------------------------------------------
 
