@@ -93,7 +93,7 @@ class FilesRoutes:
 
     # --- shared steps ---------------------------------------------------------------------------------------------
 
-    def _authorize(self, request: Request, operation: str, clock: float | None = None) -> None:
+    def _authorize(self, request: Request, operation: str) -> None:
         token = self._fs.state.access_token
         if token is None:
             return
@@ -117,7 +117,7 @@ class FilesRoutes:
         )
         if not hmac.compare_digest(expected.encode(), signature.encode()):
             raise _Reject(401, "invalid signature")
-        if expiration is not None and expiration < (time.time() if clock is None else clock):
+        if expiration is not None and expiration < time.time():
             raise _Reject(401, "signature is already expired")
 
     def _call(self, request: Request, operation: str) -> _Call:
@@ -151,8 +151,6 @@ class FilesRoutes:
         except _Reject as exc:
             return Response.error(exc.status, exc.message)
         headers = [("Content-Type", "application/octet-stream"), ("Vary", "Accept-Encoding")]
-        name = posixpath.basename(call.path).replace('"', "")
-        headers.append(("Content-Disposition", f'inline; filename="{name}"'))
         if encoding == "gzip":
             headers.append(("Content-Encoding", "gzip"))
             return Response(200, headers, _gzip(_read_chunks(fd)))

@@ -68,6 +68,17 @@ def test_octet_stream_round_trip_creates_parents(http: httpx.Client, base: Path)
     assert got.content == BLOB
 
 
+def test_non_ascii_paths_round_trip(http: httpx.Client, base: Path) -> None:
+    target = base / "caf\u00e9 \u6587\u4ef6.txt"
+    response = http.post("/files", params={"username": "root"}, files=[("file", (str(target), b"utf8"))])
+    assert response.status_code == 200, response.text
+    assert response.json()[0]["name"] == "caf\u00e9 \u6587\u4ef6.txt"
+    assert target.read_bytes() == b"utf8"
+    got = http.get("/files", params={"path": str(target), "username": "root"})
+    assert got.status_code == 200
+    assert got.content == b"utf8"
+
+
 def test_upload_overwrites_existing_file(http: httpx.Client, base: Path) -> None:
     target = base / "f.txt"
     target.write_bytes(b"a much longer original content")
