@@ -81,6 +81,14 @@ class AgentClient:
     async def get_sandbox(self, sandbox_id: str) -> SandboxInfo:
         return SandboxInfo.model_validate(await self._call("GET", f"/v1/sandboxes/{sandbox_id}"))
 
+    async def pause_sandbox(self, sandbox_id: str, *, memory: bool = True) -> SandboxInfo:
+        body = await self._call("POST", f"/v1/sandboxes/{sandbox_id}/pause", json={"memory": memory}, timeout=300.0)
+        return SandboxInfo.model_validate(body)
+
+    async def resume_sandbox(self, sandbox_id: str) -> SandboxInfo:
+        body = await self._call("POST", f"/v1/sandboxes/{sandbox_id}/resume", timeout=self._create_timeout_s)
+        return SandboxInfo.model_validate(body)
+
     async def destroy_sandbox(self, sandbox_id: str) -> None:
         """Destroy a sandbox; a sandbox the agent never knew counts as destroyed."""
         try:

@@ -19,17 +19,28 @@ class SandboxState(enum.StrEnum):
     """Lifecycle of a sandbox as the control plane records it.
 
     creating -> running -> stopped; creating -> failed; running -> missing (the host lost it, reconciler).
-    Only ``creating``/``running`` are live: they hold host capacity and are visible through the E2B API.
+    running -> pausing -> paused -> resuming -> running (`wrenn.api.lifecycle`, migration 0100).
+    Live states are visible through the E2B API and kept by the reconciler; only ``creating``/``running`` hold
+    host capacity.
     """
 
     CREATING = "creating"
     RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    RESUMING = "resuming"
     STOPPED = "stopped"
     FAILED = "failed"
     MISSING = "missing"
 
 
-LIVE_STATES = (SandboxState.CREATING.value, SandboxState.RUNNING.value)
+LIVE_STATES = (
+    SandboxState.CREATING.value,
+    SandboxState.RUNNING.value,
+    SandboxState.PAUSING.value,
+    SandboxState.PAUSED.value,
+    SandboxState.RESUMING.value,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +153,7 @@ async def stop_running(
     """Stop a running sandbox of ``team_id`` in one statement; None when there is no such sandbox."""
     row = await store.fetch_one(
         "UPDATE sandboxes SET state = 'stopped', stopped_at = %s, stop_reason = %s "
-        "WHERE id = %s AND state = 'running' AND (%s::uuid IS NULL OR team_id = %s::uuid) RETURNING *",
+        "WHERE id = %s AND state IN ('running', 'paused') AND (%s::uuid IS NULL OR team_id = %s::uuid) RETURNING *",
         (at, reason, sandbox_id, team_id, team_id),
     )
     return None if row is None else SandboxRecord.from_row(row)
@@ -187,15 +198,17 @@ async def list_live(
     after: tuple[datetime, str] | None,
     descending: bool,
     limit: int,
+    states: tuple[str, ...] = ("running",),
 ) -> list[SandboxRecord]:
-    """One page of running sandboxes, keyset-paginated on (started_at, id)."""
+    """One page of sandboxes in `states`, keyset-paginated on (started_at, id)."""
     order = "DESC" if descending else "ASC"
     cmp = "<" if descending else ">"
     sql = [
-        "SELECT * FROM sandboxes WHERE state = 'running' AND (%(team)s::uuid IS NULL OR team_id = %(team)s::uuid)",
+        "SELECT * FROM sandboxes WHERE state = ANY(%(states)s)",
+        "AND (%(team)s::uuid IS NULL OR team_id = %(team)s::uuid)",
         "AND metadata @> %(meta)s",
     ]
-    params: dict[str, Any] = {"team": team_id, "meta": Jsonb(dict(metadata)), "limit": limit}
+    params: dict[str, Any] = {"team": team_id, "meta": Jsonb(dict(metadata)), "limit": limit, "states": list(states)}
     if template is not None:
         sql.append("AND template = %(template)s")
         params["template"] = template

@@ -9,6 +9,7 @@ import falcon.asgi
 from pydantic import BaseModel, ConfigDict, Field
 
 from wrenn.api.auth import principal_of
+from wrenn.api.lifecycle import PauseRequest, ResumeRequest, optional_body
 from wrenn.api.openapi import Access, Operation
 from wrenn.api.sandboxes._models import (
     ConnectRequest,
@@ -21,7 +22,7 @@ from wrenn.api.sandboxes._models import (
     TimeoutRequest,
 )
 from wrenn.api.sandboxes._service import ListQuery, SandboxService, parse_metadata_query
-from wrenn.protocol.errors import Invalid
+from wrenn.protocol.errors import Conflict, Invalid
 
 _ERRORS = (400, 401, 404, 500)
 _TAGS = ("sandboxes",)
@@ -109,7 +110,23 @@ def operations(service: SandboxService) -> list[Operation]:
     async def connect_sandbox(
         req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str, body: ConnectRequest
     ) -> SandboxCreated:
-        return await service.connect(principal_of(req).require_team(), sandbox_id, body.timeout)
+        created, resumed = await service.connect_or_resume(principal_of(req).require_team(), sandbox_id, body.timeout)
+        if resumed:
+            resp.status = 201
+        return created
+
+    async def pause_sandbox(req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str) -> None:
+        body = await optional_body(req, PauseRequest)
+        await service.pause(principal_of(req).require_team(), sandbox_id, memory=body.memory)
+
+    async def resume_sandbox(
+        req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str, body: ResumeRequest
+    ) -> SandboxCreated:
+        team = principal_of(req).require_team()
+        created, resumed = await service.connect_or_resume(team, sandbox_id, body.timeout, auto_pause=body.auto_pause)
+        if not resumed:
+            raise Conflict(f"sandbox '{sandbox_id}' is already running")
+        return created
 
     async def refresh_sandbox(
         req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str, body: RefreshRequest
@@ -218,6 +235,28 @@ def operations(service: SandboxService) -> list[Operation]:
             response=SandboxCreated,
             errors=(*_ERRORS, 409),
             operation_id="connect_sandbox_v2",
+        ),
+        Operation(
+            "POST",
+            "/sandboxes/{sandbox_id}/pause",
+            pause_sandbox,
+            "Pause a sandbox (memory, device state and disk to files; 409 when already paused)",
+            _TAGS,
+            key,
+            status=204,
+            errors=(*_ERRORS, 409),
+        ),
+        Operation(
+            "POST",
+            "/sandboxes/{sandbox_id}/resume",
+            resume_sandbox,
+            "Resume a paused sandbox (legacy; newer SDKs use connect)",
+            _TAGS,
+            key,
+            request=ResumeRequest,
+            response=SandboxCreated,
+            status=201,
+            errors=(*_ERRORS, 409),
         ),
         Operation(
             "POST",

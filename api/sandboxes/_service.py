@@ -31,6 +31,7 @@ from wrenn.api.auth import hash_api_key
 from wrenn.api.clock import Clock, Ids
 from wrenn.api.hosts import HostDirectory
 from wrenn.api.jobs import Job, JobQueue
+from wrenn.api.lifecycle import PauseResume
 from wrenn.api.proxy import ENVD_PORT, ProxyTarget
 from wrenn.api.sandboxes import _records as records
 from wrenn.api.sandboxes._models import (
@@ -121,6 +122,9 @@ class SandboxService:
         self._stop_listeners: list[Callable[[str], object]] = []
         self._start_listeners: list[Callable[[ProxyTarget], object]] = []
         self._http: httpx.AsyncClient | None = None
+        self.lifecycle = PauseResume(
+            store=store, hosts=hosts, clock=clock, on_paused=self._paused, on_resumed=self._resumed
+        )
 
     def on_stop(self, listener: Callable[[str], object]) -> None:
         """Call ``listener(sandbox_id)`` whenever a sandbox stops (killed, expired, lost)."""
@@ -228,7 +232,7 @@ class SandboxService:
         await records.delete(self._store, sandbox_id)
 
     async def get(self, team_id: uuid.UUID | None, sandbox_id: str) -> SandboxDetail:
-        rec = await self._live(team_id, sandbox_id)
+        rec = await self._live(team_id, sandbox_id, paused_too=True)
         return SandboxDetail(
             **self._listed(rec).model_dump(),
             envd_access_token=rec.envd_token,
@@ -238,8 +242,9 @@ class SandboxService:
         )
 
     async def list_page(self, team_id: uuid.UUID | None, query: ListQuery) -> tuple[list[ListedSandbox], str | None]:
-        if not query.states & {"running"}:
-            return [], None  # nothing is ever paused yet
+        states = tuple(sorted(query.states & {"running", "paused"}))
+        if not states:
+            return [], None
         after = _decode_token(query.next_token) if query.next_token else None
         recs = await records.list_live(
             self._store,
@@ -250,6 +255,7 @@ class SandboxService:
             after=after,
             descending=query.descending,
             limit=query.limit + 1,
+            states=states,
         )
         next_token = _encode_token(recs[query.limit - 1]) if len(recs) > query.limit else None
         return [self._listed(r) for r in recs[: query.limit]], next_token
@@ -285,6 +291,36 @@ class SandboxService:
             envd_access_token=rec.envd_token,
             domain=self.config.domain,
         )
+
+    async def pause(self, team_id: uuid.UUID | None, sandbox_id: str, *, memory: bool = True) -> None:
+        """E2B pause: 204; Conflict (409) when already paused; NotFound (404). See `wrenn.api.lifecycle`."""
+        await self.lifecycle.pause(team_id, sandbox_id, memory=memory)
+
+    async def connect_or_resume(
+        self, team_id: uuid.UUID | None, sandbox_id: str, timeout_s: int, *, auto_pause: bool | None = None
+    ) -> tuple[SandboxCreated, bool]:
+        """Connect, resuming a paused sandbox first; True when it was resumed (E2B answers 201, else 200)."""
+        rec = await self.lifecycle.resume(team_id, sandbox_id, timeout_s=timeout_s, auto_pause=auto_pause)
+        if rec is None:
+            return await self.connect(team_id, sandbox_id, timeout_s), False
+        return (
+            SandboxCreated(
+                template_id=rec.template,
+                sandbox_id=rec.id,
+                client_id=CLIENT_ID,
+                envd_version=rec.envd_version,
+                envd_access_token=rec.envd_token,
+                domain=self.config.domain,
+            ),
+            True,
+        )
+
+    def _paused(self, rec: SandboxRecord) -> None:
+        self._notify(rec.id)  # the proxy forgets the route and cuts the sandbox's open streams
+
+    async def _resumed(self, rec: SandboxRecord) -> None:
+        self._notify_start(rec)
+        await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": rec.id}, run_at=rec.end_at)
 
     async def refresh(self, team_id: uuid.UUID | None, sandbox_id: str, duration_s: int) -> None:
         end_at = self._clock() + timedelta(seconds=duration_s)
@@ -357,6 +393,16 @@ class SandboxService:
             return
         if rec.end_at > self._clock():
             return  # the TTL was extended; the job queued for the new end time does it
+        await self._time_out(rec)
+
+    async def _time_out(self, rec: SandboxRecord) -> None:
+        """The sandbox's ``onTimeout``: pause (autoPause) or kill."""
+        if rec.auto_pause:
+            try:
+                await self.lifecycle.pause(None, rec.id)
+            except (Conflict, NotFound):
+                return  # paused, killed or resumed meanwhile
+            return
         await self._stop(rec, SandboxState.STOPPED, "timeout")
 
     async def expire_overdue(self) -> int:
@@ -365,7 +411,7 @@ class SandboxService:
         for sandbox_id in await records.expired(self._store, self._clock()):
             rec = await records.get(self._store, sandbox_id)
             if rec is not None and rec.state is SandboxState.RUNNING:
-                await self._stop(rec, SandboxState.STOPPED, "timeout")
+                await self._time_out(rec)
                 count += 1
         return count
 
@@ -379,9 +425,10 @@ class SandboxService:
 
     # -- internals ------------------------------------------------------------------------------------------
 
-    async def _live(self, team_id: uuid.UUID | None, sandbox_id: str) -> SandboxRecord:
+    async def _live(self, team_id: uuid.UUID | None, sandbox_id: str, *, paused_too: bool = False) -> SandboxRecord:
         rec = await records.get_live(self._store, sandbox_id, team_id)
-        if rec is None or rec.state is not SandboxState.RUNNING:
+        visible = {SandboxState.RUNNING, SandboxState.PAUSED} if paused_too else {SandboxState.RUNNING}
+        if rec is None or rec.state not in visible:
             raise NotFound(f"sandbox '{sandbox_id}' not found")
         return rec
 
@@ -417,7 +464,7 @@ class SandboxService:
             cpu_count=rec.vcpus,
             memory_mb=rec.memory_mb,
             disk_size_mb=rec.disk_mb,
-            state="running",
+            state="paused" if rec.state is SandboxState.PAUSED else "running",
             envd_version=rec.envd_version,
             metadata=rec.metadata,
         )

@@ -1,0 +1,203 @@
+"""Pause and resume in the control plane: the E2B routes' state machine over the ``sandboxes`` table (migration 0100)
+and the host agent's ``/pause`` and ``/resume``.
+
+States (``sandboxes.state``)::
+
+    running ──pause──> pausing ──agent ok──> paused ──connect/resume──> resuming ──agent ok──> running
+       ^                  │ agent failed                                   │ agent failed
+       └──────────────────┘ (back to running)                              └──> paused (or failed: the agent says so)
+
+Each transition is one conditional UPDATE, so two callers never both act: the loser sees 409 (already paused) or
+the sandbox's current state. ``pausing``, ``paused`` and ``resuming`` are live (visible, the reconciler keeps
+them), but only ``creating``/``running`` hold host capacity. The timeout policy survives: ``auto_pause`` stays on
+the record, and a resume sets a fresh end time (``now + timeout`` of the connect/resume call) with its expiry job.
+A crash of the control plane between the UPDATE and the agent's answer leaves ``pausing``/``resuming``;
+`settle` asks the agent what is true and records it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+import falcon.asgi
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from wrenn.api.hosts import HostDirectory
+from wrenn.api.sandboxes._records import SandboxRecord, SandboxState
+from wrenn.api.store import Store
+from wrenn.protocol.agent import SandboxState as AgentState
+from wrenn.protocol.errors import Conflict, Invalid, NotFound, WrennError
+
+_log = structlog.get_logger("wrenn.api.lifecycle")
+
+_TEAM = "(%(team)s::uuid IS NULL OR team_id = %(team)s::uuid)"
+_MAX_TIMEOUT_S = 86400
+_BODY_LIMIT = 64 * 1024
+
+
+class PauseRequest(BaseModel):
+    """``POST /sandboxes/{id}/pause`` body; optional (older SDKs send none)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    memory: bool = Field(default=True, description="keep memory (processes run on); false keeps only the disk")
+
+
+class ResumeRequest(BaseModel):
+    """Legacy ``POST /sandboxes/{id}/resume`` body (e2b 2.0-2.5, 1.x)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    timeout: int = Field(default=300, ge=0, le=_MAX_TIMEOUT_S)
+    auto_pause: bool | None = Field(default=None, alias="autoPause")
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+async def optional_body(req: falcon.asgi.Request, model: type[_M]) -> _M:
+    """Parse a JSON body that may be absent or empty (then the model's defaults)."""
+    raw = await req.bounded_stream.read(_BODY_LIMIT)
+    try:
+        return model.model_validate(json.loads(raw) if raw.strip() else {})
+    except (ValueError, ValidationError) as exc:
+        raise Invalid(f"invalid body: {exc}") from exc
+
+
+async def _transition(
+    store: Store, sandbox_id: str, team_id: uuid.UUID | None, source: SandboxState, target: SandboxState, **sets: object
+) -> SandboxRecord | None:
+    assignments = "".join(f", {column} = %({column})s" for column in sets)
+    row = await store.fetch_one(
+        f"UPDATE sandboxes SET state = %(target)s{assignments} "  # noqa: S608 - column names are ours
+        f"WHERE id = %(id)s AND state = %(source)s AND {_TEAM} RETURNING *",
+        {"target": target.value, "id": sandbox_id, "source": source.value, "team": team_id, **sets},
+    )
+    return None if row is None else SandboxRecord.from_row(row)
+
+
+async def _current(store: Store, sandbox_id: str, team_id: uuid.UUID | None) -> SandboxRecord | None:
+    row = await store.fetch_one(
+        "SELECT * FROM sandboxes WHERE id = %(id)s AND (%(team)s::uuid IS NULL OR team_id = %(team)s::uuid)",
+        {"id": sandbox_id, "team": team_id},
+    )
+    return None if row is None else SandboxRecord.from_row(row)
+
+
+class PauseResume:
+    """Pause and resume of sandboxes; `SandboxService` owns one and tells its listeners (proxy routes, expiry)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        hosts: HostDirectory,
+        clock: Callable[[], datetime],
+        on_paused: Callable[[SandboxRecord], None],
+        on_resumed: Callable[[SandboxRecord], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self._hosts = hosts
+        self._clock = clock
+        self._on_paused = on_paused
+        self._on_resumed = on_resumed
+
+    async def pause(self, team_id: uuid.UUID | None, sandbox_id: str, *, memory: bool = True) -> SandboxRecord:
+        """running -> paused. Conflict when paused (or on its way); NotFound when not live for this team."""
+        rec = await _transition(
+            self._store, sandbox_id, team_id, SandboxState.RUNNING, SandboxState.PAUSING, pause_memory=memory
+        )
+        if rec is None:
+            current = await _current(self._store, sandbox_id, team_id)
+            if current is not None and current.state in {SandboxState.PAUSED, SandboxState.PAUSING}:
+                raise Conflict(f"sandbox '{sandbox_id}' is already paused")
+            if current is not None and current.state is SandboxState.RESUMING:
+                raise Conflict(f"sandbox '{sandbox_id}' is being resumed")
+            raise NotFound(f"sandbox '{sandbox_id}' not found")
+        self._on_paused(rec)  # the proxy stops routing to it and cuts its open streams before the VM stops
+        log = _log.bind(sandbox_id=sandbox_id, host_id=rec.host_id)
+        try:
+            agent = await self._hosts.client(rec.host_id or "")
+            await agent.pause_sandbox(sandbox_id, memory=memory)
+        except Conflict:
+            pass  # the agent has it paused already (a retried call after a lost answer)
+        except BaseException as exc:
+            log.warning("pause failed on the host; the sandbox runs on", error=repr(exc))
+            back = await _transition(self._store, sandbox_id, None, SandboxState.PAUSING, SandboxState.RUNNING)
+            if back is not None:
+                await self._on_resumed(back)
+            raise
+        paused = await _transition(
+            self._store, sandbox_id, None, SandboxState.PAUSING, SandboxState.PAUSED, paused_at=self._clock()
+        )
+        if paused is None:
+            raise NotFound(f"sandbox '{sandbox_id}' was killed while it paused")
+        log.info("sandbox paused", memory=memory)
+        return paused
+
+    async def resume(
+        self, team_id: uuid.UUID | None, sandbox_id: str, *, timeout_s: int, auto_pause: bool | None = None
+    ) -> SandboxRecord | None:
+        """paused -> running with a fresh end time; None when the sandbox was not paused (the caller decides)."""
+        sets: dict[str, object] = {}
+        if auto_pause is not None:
+            sets["auto_pause"] = auto_pause
+        rec = await _transition(self._store, sandbox_id, team_id, SandboxState.PAUSED, SandboxState.RESUMING, **sets)
+        if rec is None:
+            current = await _current(self._store, sandbox_id, team_id)
+            if current is not None and current.state in {SandboxState.RESUMING, SandboxState.PAUSING}:
+                raise Conflict(f"sandbox '{sandbox_id}' is being {current.state.value[:-3]}ed; retry")
+            return None
+        log = _log.bind(sandbox_id=sandbox_id, host_id=rec.host_id)
+        try:
+            agent = await self._hosts.client(rec.host_id or "")
+            info = await agent.resume_sandbox(sandbox_id)
+        except BaseException as exc:
+            log.warning("resume failed on the host", error=repr(exc))
+            await self.settle(rec)
+            if isinstance(exc, WrennError) and exc.status == 404:
+                raise NotFound(f"sandbox '{sandbox_id}' is gone from its host") from exc
+            raise
+        end_at = self._clock() + timedelta(seconds=timeout_s)
+        running = await _transition(
+            self._store,
+            sandbox_id,
+            None,
+            SandboxState.RESUMING,
+            SandboxState.RUNNING,
+            end_at=end_at,
+            envd_address=info.envd_address,
+        )
+        if running is None:
+            raise NotFound(f"sandbox '{sandbox_id}' was killed while it resumed")
+        await self._on_resumed(running)
+        log.info("sandbox resumed", timeout=timeout_s)
+        return running
+
+    async def settle(self, rec: SandboxRecord) -> None:
+        """Record what the agent says about a sandbox left ``pausing``/``resuming`` (failure or crash)."""
+        try:
+            agent = await self._hosts.client(rec.host_id or "")
+            info = await agent.get_sandbox(rec.id)
+        except NotFound:
+            state = SandboxState.MISSING
+        except WrennError:
+            return  # host unreachable: leave it for the next reconcile
+        else:
+            state = {
+                AgentState.RUNNING: SandboxState.RUNNING,
+                AgentState.PAUSED: SandboxState.PAUSED,
+                AgentState.FAILED: SandboxState.FAILED,
+            }.get(info.state, rec.state)
+        current = await _current(self._store, rec.id, None)
+        if current is None or current.state not in {SandboxState.PAUSING, SandboxState.RESUMING}:
+            return
+        done = await _transition(self._store, rec.id, None, current.state, state)
+        if done is not None and state is SandboxState.RUNNING:
+            await self._on_resumed(done)
+        _log.info("settled an interrupted pause/resume", sandbox_id=rec.id, state=state.value)

@@ -1,0 +1,165 @@
+"""Pause and resume with real microVMs (QEMU under TCG here) and the real envd: a counter process keeps counting from
+where it was, a tmpfs file and a disk file survive, the id, address and token stay, the VMM is gone while paused,
+repeated cycles work, a restarted agent resumes a paused sandbox, and SIGKILL of the agent mid-pause leaves the
+sandbox resumable or explicitly failed — never gone. Needs root, QEMU and the built `base` image."""
+
+# ruff: noqa: F811  (the agent e2e fixtures are imported by name, then requested as parameters)
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.agent.e2e_support import read_file, run_command, write_file
+from tests.agent.test_e2e import (  # noqa: F401 - fixtures
+    TOKEN,
+    AgentProcess,
+    data_dir,
+    image,
+    manager,
+    prefix,
+    settings,
+    sid,
+)
+from wrenn.agent import AgentImage, AgentRuntime, AgentSettings, SandboxManager
+from wrenn.agent._processes import processes_mentioning
+from wrenn.agent.pause import PAUSE_DIR, PAUSE_FILE
+from wrenn.protocol.agent import CreateSandbox, SandboxInfo, SandboxState
+
+pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
+
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /dev/shm/counter; sleep 0.1; done"
+
+
+async def start_counter(address: str) -> None:
+    out, code = await run_command(
+        address, "/bin/sh", ["-c", f"setsid sh -c '{COUNTER}' >/dev/null 2>&1 < /dev/null & echo started"], TOKEN
+    )
+    assert (out, code) == ("started\n", 0)
+
+
+async def counter(address: str) -> int:
+    return int((await read_file(address, "/dev/shm/counter", TOKEN)).decode().strip() or "0")
+
+
+async def counter_moves(address: str, above: int, limit: float = 60) -> int:
+    async with asyncio.timeout(limit):
+        while (value := await counter(address)) <= above:  # noqa: ASYNC110 - polling the guest's state
+            await asyncio.sleep(0.2)
+    return value
+
+
+def needs_envd(image: tuple[AgentImage, bool]) -> None:
+    if not image[1]:
+        pytest.skip("needs the built base image with envd (`wrenn image build base`)")
+
+
+def vmm_running(data_dir: Path, sandbox_id: str) -> bool:
+    return bool(processes_mentioning(str(data_dir / "sandboxes" / sandbox_id / "run") + "/"))
+
+
+async def test_counter_files_and_identity_survive_ten_pause_resume_cycles(
+    manager: SandboxManager, data_dir: Path, image: tuple[AgentImage, bool]
+) -> None:
+    needs_envd(image)
+    info = await manager.create(CreateSandbox(sandbox_id=sid("p", 1), template="base", envd_access_token=TOKEN))
+    address = info.envd_address
+    try:
+        await start_counter(address)
+        await write_file(address, "/home/user/disk.txt", b"on the disk\n", TOKEN)
+        await write_file(address, "/dev/shm/tmpfs.txt", b"in tmpfs\n", TOKEN)
+        last = await counter_moves(address, 0)
+        for cycle in range(10):
+            before = await counter(address)
+            paused = await manager.pause(info.sandbox_id)
+            assert paused.state is SandboxState.PAUSED
+            assert not vmm_running(data_dir, info.sandbox_id), "the VMM must be gone while paused"
+            resumed, was_paused = await manager.resume(info.sandbox_id)
+            assert was_paused
+            assert (resumed.sandbox_id, resumed.envd_address) == (info.sandbox_id, address)
+            after = await counter(address)
+            assert after >= before, f"cycle {cycle}: counter went back from {before} to {after} (process restarted?)"
+            assert after < before + 50, f"cycle {cycle}: counter jumped from {before} to {after}"
+            last = await counter_moves(address, after)
+        assert last > 0
+        assert await read_file(address, "/home/user/disk.txt", TOKEN) == b"on the disk\n"
+        assert await read_file(address, "/dev/shm/tmpfs.txt", TOKEN) == b"in tmpfs\n"
+        out, code = await run_command(address, "/bin/sh", ["-c", "cat /home/user/disk.txt"], TOKEN)
+        assert (out, code) == ("on the disk\n", 0)
+        # The access token is unchanged: a request without it is refused, with it accepted.
+        async with httpx.AsyncClient(timeout=10) as client:
+            response = await client.get(f"http://{address}/files", params={"path": "/dev/shm/counter"})
+        assert response.status_code == 401
+    finally:
+        await manager.destroy(info.sandbox_id)
+
+
+async def test_restarted_agent_resumes_a_paused_sandbox(
+    settings: AgentSettings, data_dir: Path, image: tuple[AgentImage, bool]
+) -> None:
+    needs_envd(image)
+    sandbox_id = sid("p", 2)
+    async with AgentRuntime(settings) as runtime:
+        info = await runtime.manager.create(
+            CreateSandbox(sandbox_id=sandbox_id, template="base", envd_access_token=TOKEN)
+        )
+        await start_counter(info.envd_address)
+        before = await counter_moves(info.envd_address, 0)
+        await runtime.manager.pause(sandbox_id)
+    async with AgentRuntime(settings) as runtime:
+        try:
+            assert runtime.manager.get(sandbox_id).state is SandboxState.PAUSED
+            resumed, was_paused = await runtime.manager.resume(sandbox_id)
+            assert was_paused
+            assert await counter(resumed.envd_address) >= before
+            await counter_moves(resumed.envd_address, before)
+        finally:
+            await runtime.manager.destroy(sandbox_id)
+
+
+async def test_sigkill_of_the_agent_mid_pause_then_restart(
+    settings: AgentSettings, data_dir: Path, image: tuple[AgentImage, bool], tmp_path: Path
+) -> None:
+    needs_envd(image)
+    sandbox_id = sid("p", 3)
+    agent = AgentProcess(settings, tmp_path / "agent.log")
+    agent.start()
+    try:
+        await agent.wait_ready()
+        async with httpx.AsyncClient(base_url=agent.url, timeout=300) as client:
+            body = {"sandbox_id": sandbox_id, "template": "base", "envd_access_token": TOKEN}
+            created = await client.post("/v1/sandboxes", json=body)
+            assert created.status_code == 201, created.text
+            address = SandboxInfo.model_validate(created.json()).envd_address
+            await start_counter(address)
+            before = await counter_moves(address, 0)
+            pause = asyncio.create_task(client.post(f"/v1/sandboxes/{sandbox_id}/pause", json={"memory": True}))
+            marker = data_dir / "sandboxes" / sandbox_id / PAUSE_DIR / PAUSE_FILE
+            deadline = time.monotonic() + 60
+            while not marker.exists():
+                assert time.monotonic() < deadline, "the pause never began"
+                await asyncio.sleep(0.002)
+            agent.sigkill()
+            with pytest.raises(httpx.TransportError):
+                await pause
+        agent.start()
+        await agent.wait_ready()
+        async with httpx.AsyncClient(base_url=agent.url, timeout=300) as client:
+            got = await client.get(f"/v1/sandboxes/{sandbox_id}")
+            assert got.status_code == 200, "the sandbox must never be silently gone"
+            state = SandboxState(got.json()["state"])
+            assert state in {SandboxState.RUNNING, SandboxState.PAUSED, SandboxState.FAILED}
+            if state is SandboxState.FAILED:
+                assert (data_dir / "sandboxes" / sandbox_id / "disk.qcow2").exists(), "files kept when failed"
+            else:
+                resumed = await client.post(f"/v1/sandboxes/{sandbox_id}/resume")
+                assert resumed.status_code in {200, 201}, resumed.text
+                assert await counter(address) >= before
+                await counter_moves(address, before)
+            assert (await client.delete(f"/v1/sandboxes/{sandbox_id}")).status_code == 204
+    finally:
+        agent.stop()
