@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         default=False, description="internet egress of sandboxes whose create request does not say (E2B: true)"
     )
     envd_version: str = Field(default="0.6.13", description="envd version reported to SDKs (gates SDK features)")
+    scheduler_vcpu_overcommit: float = Field(
+        default=16.0, gt=0, description="vCPUs placed per host vCPU (idle microVMs; memory is never overcommitted)"
+    )
     host_heartbeat_interval_s: int = Field(default=10, ge=1, description="how often agents send heartbeats")
     host_heartbeat_ttl_s: float = Field(default=60.0, gt=0, description="a host silent this long gets no sandboxes")
     reconcile_interval_s: float = Field(default=30.0, gt=0, description="how often the DB is checked against agents")

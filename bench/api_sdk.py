@@ -69,18 +69,20 @@ def up_server() -> Iterator[Server]:
     data_dir = Path(tempfile.mkdtemp(prefix="wrenn-bench-"))
     port = _free_port()
     cmd = [sys.executable, "-m", "wrenn.cli", "up", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen([*cmd, "--no-build"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
     settings: dict[str, str] = {}
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
+            seen.append(line)
             if line.startswith("E2B_") and "=" in line:
                 key, value = line.strip().split("=", 1)
                 settings[key] = value
                 if key == "E2B_API_KEY":
                     break
         if "E2B_API_KEY" not in settings:
-            raise RuntimeError("wrenn up exited before it was ready")
+            raise RuntimeError("wrenn up exited before it was ready:\n" + "".join(seen[-30:]))
         drain = threading.Thread(target=lambda: [None for _ in proc.stdout or ()], daemon=True)
         drain.start()
         yield Server(settings["E2B_API_URL"], settings["E2B_API_KEY"], _admin_hosts(settings["E2B_API_URL"], data_dir))
@@ -229,14 +231,24 @@ def cycle_agent(server: Server) -> None:
     created = c.post("/v1/sandboxes", json=spec.model_dump(mode="json"))
     created.raise_for_status()
     try:
-        _run_true(c, f"http://{created.json()['envd_address']}", {"X-Access-Token": token})
+        # a fresh connection: envd addresses are reused by later sandboxes (the proxy keeps a pool per sandbox)
+        _run_true(c, f"http://{created.json()['envd_address']}", {"X-Access-Token": token, "Connection": "close"})
     finally:
         c.delete(f"/v1/sandboxes/{sandbox_id}").raise_for_status()
 
 
-def _timed(fn: Callable[[Server], None], server: Server) -> float:
+_failures: dict[str, list[str]] = {}
+
+
+def _timed(fn: Callable[[Server], None], server: Server) -> float | None:
+    """Seconds one cycle took, or None when it failed (counted and reported, not timed)."""
     start = time.perf_counter()
-    fn(server)
+    try:
+        fn(server)
+    except Exception as exc:  # noqa: BLE001  # a failed cycle is data for the report, not a crash
+        detail = exc.response.text[:200] if isinstance(exc, httpx.HTTPStatusError) else ""
+        _failures.setdefault(fn.__name__, []).append(f"{type(exc).__name__}: {exc} {detail}"[:300])
+        return None
     return time.perf_counter() - start
 
 
@@ -261,22 +273,32 @@ def main() -> None:
     parallel: dict[str, list[float]] = {k: [] for k in paths}
     with up_server() if args.server == "up" else fake_server() as server:
         for fn in paths.values():  # warm-up: first create per path may build a warm template
-            fn(server)
+            _timed(fn, server)
+        _failures.clear()
         for _ in range(args.count):  # interleaved, so drift hits every path alike
             for name, fn in paths.items():
-                serial[name].append(_timed(fn, server))
+                t = _timed(fn, server)
+                if t is not None:
+                    serial[name].append(t)
         with ThreadPoolExecutor(args.parallel) as pool:
             for _ in range(args.rounds):
                 for name, fn in paths.items():
-                    parallel[name] += list(pool.map(lambda _i, f=fn: _timed(f, server), range(args.parallel)))
+                    times = pool.map(lambda _i, f=fn: _timed(f, server), range(args.parallel))
+                    parallel[name] += [t for t in times if t is not None]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, kernel {platform.release()}, server={args.server}")
+    for name, errors in _failures.items():
+        print(f"{name}: {len(errors)} failed cycles, e.g. {errors[0]}")
     print("| path | mode | n | p50 ms | p95 ms | p99 ms |")
     print("|---|---|---|---|---|---|")
     for mode, table in (("serial", serial), (f"{args.parallel} parallel", parallel)):
         for name, samples in table.items():
+            if not samples:
+                continue
             p = [_pct(samples, q) * 1000 for q in (0.5, 0.95, 0.99)]
             print(f"| {name} | {mode} | {len(samples)} | {p[0]:.1f} | {p[1]:.1f} | {p[2]:.1f} |")
     for mode, table in (("serial", serial), ("parallel", parallel)):
+        if not all(table.values()):
+            continue
         base = _pct(table["agent"], 0.5)
         print(
             f"control-plane overhead p50 ({mode}): api-agent {(_pct(table['api'], 0.5) - base) * 1000:.1f} ms, "

@@ -60,6 +60,7 @@ def register(app: falcon.asgi.App[Any, Any], deps: Deps) -> None:
             disk_mb=s.sandbox_disk_mb,
             heartbeat_ttl_s=s.host_heartbeat_ttl_s,
             internet_default=s.sandbox_internet,
+            vcpu_overcommit=s.scheduler_vcpu_overcommit,
         ),
     )
     service.register_jobs()

@@ -117,7 +117,7 @@ def operations(service: SandboxService) -> list[Operation]:
 
     async def pause_sandbox(req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str) -> None:
         body = await optional_body(req, PauseRequest)
-        await service.pause(principal_of(req).require_team(), sandbox_id, memory=body.memory)
+        await service.pause(principal_of(req).require_team(), sandbox_id, memory=body.memory is not False)
 
     async def resume_sandbox(
         req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str, body: ResumeRequest

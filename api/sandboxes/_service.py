@@ -65,6 +65,7 @@ class SandboxConfig:
     disk_mb: int = 2048
     heartbeat_ttl_s: float = 60.0
     internet_default: bool = False
+    vcpu_overcommit: float = 16.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,7 @@ class SandboxService:
                 memory_mb=rec.memory_mb,
                 now=now,
                 heartbeat_ttl=timedelta(seconds=self.config.heartbeat_ttl_s),
+                overcommit_vcpus=self.config.vcpu_overcommit,
             )
             rec = replace(rec, host_id=placement.host_id)
             await records.insert(conn, rec)
