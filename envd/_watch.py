@@ -143,14 +143,16 @@ class DirWatcher:
 
         With ``report``, entries found inside are returned as CREATE events: they appeared before the watch.
         """
-        assert self._inotify is not None
+        inotify = self._inotify
+        if inotify is None:  # closed meanwhile
+            return []
         found: list[FsEvent] = []
         pending = [rel]
         while pending:
             current = pending.pop()
             path = posixpath.join(self.root, current) if current else self.root
             try:
-                wd = self._inotify.add_watch(path)
+                wd = inotify.add_watch(path)
             except OSError:
                 if not current:
                     raise
@@ -194,11 +196,11 @@ class DirWatcher:
             self._ready.clear()
             if raw:
                 events = await self._userfs.run(self.user, self._translate, raw)
-                self._push(events)
+                if not self._closed:
+                    self._push(events)
 
     def _translate(self, raw: list[ino.RawEvent]) -> list[FsEvent]:
         """Raw inotify events -> FsEvents. Runs on a UserFs thread (adds watches, stats entries as the user)."""
-        assert self._inotify is not None
         events: list[FsEvent] = []
         for event in raw:
             if event.mask & ino.IN_Q_OVERFLOW:

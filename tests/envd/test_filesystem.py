@@ -234,6 +234,19 @@ def test_recursive_watcher_follows_new_directories(rpc: Connect, tree: Path) -> 
     call(rpc, "RemoveWatcher", {"watcherId": watcher})
 
 
+def test_recursive_watcher_follows_renamed_directories(rpc: Connect, tree: Path) -> None:
+    watcher = call(rpc, "CreateWatcher", {"path": str(tree), "recursive": True})[1]["watcherId"]
+    assert call(rpc, "Move", {"source": str(tree / "sub"), "destination": str(tree / "renamed")})[0] == 200
+    assert call(rpc, "Stat", {"path": str(tree / "renamed")})[0] == 200  # settles the watcher
+    (tree / "renamed" / "deep" / "after.txt").write_text("a")
+    events = _events(rpc, watcher, 4)
+    kinds = [(e["name"], e["type"]) for e in events]
+    assert ("sub", "EVENT_TYPE_RENAME") in kinds
+    assert ("renamed", "EVENT_TYPE_CREATE") in kinds
+    assert ("renamed/deep/after.txt", "EVENT_TYPE_WRITE") in kinds
+    call(rpc, "RemoveWatcher", {"watcherId": watcher})
+
+
 def test_watcher_errors(rpc: Connect, tree: Path) -> None:
     status, body = call(rpc, "CreateWatcher", {"path": str(tree / "missing")})
     assert (status, body["code"]) == (404, "not_found")
