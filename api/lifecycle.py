@@ -45,7 +45,7 @@ class PauseRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    memory: bool = Field(default=True, description="keep memory (processes run on); false keeps only the disk")
+    memory: bool | None = Field(default=None, description="false keeps only the disk; absent or true: everything")
 
 
 class ResumeRequest(BaseModel):

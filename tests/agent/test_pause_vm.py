@@ -43,7 +43,14 @@ async def start_counter(address: str) -> None:
 
 
 async def counter(address: str) -> int:
-    return int((await read_file(address, "/dev/shm/counter", TOKEN)).decode().strip() or "0")
+    """The guest counter's value; 0 before its first write."""
+    headers = {"X-Access-Token": TOKEN, "Authorization": "Basic dXNlcjo="}
+    async with httpx.AsyncClient(timeout=30) as client:
+        response = await client.get(f"http://{address}/files", params={"path": "/dev/shm/counter"}, headers=headers)
+    if response.status_code == 404:
+        return 0
+    assert response.status_code == 200, response.text
+    return int(response.text.strip() or "0")
 
 
 async def counter_moves(address: str, above: int, limit: float = 60) -> int:

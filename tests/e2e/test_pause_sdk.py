@@ -1,0 +1,98 @@
+"""Pause and resume through the official e2b SDK against a real `wrenn up` (private PostgreSQL, real agent, real VMs
+under TCG): `pause`/`beta_pause`, `Sandbox.connect` resuming, state shown as paused, processes, a listener, tmpfs and
+disk files surviving, id and access token unchanged, and `onTimeout: pause` pausing instead of killing."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from e2b import Sandbox, SandboxQuery, SandboxState
+
+from tests.e2e.conftest import Up, wait_until
+
+pytestmark = [pytest.mark.vm, pytest.mark.sdk, pytest.mark.slow, pytest.mark.root]
+
+COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /dev/shm/counter; sleep 0.1; done"
+SERVER = "python3 -m http.server 8080 --bind 127.0.0.1 --directory /home/user"
+FETCH = "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8080/disk.txt').read().decode())\""
+
+
+def counter(sbx: Sandbox) -> int:
+    """The guest counter's value; 0 before its first write."""
+    if not sbx.files.exists("/dev/shm/counter"):
+        return 0
+    return int(sbx.files.read("/dev/shm/counter").strip() or "0")
+
+
+def counter_moves(sbx: Sandbox, above: int) -> int:
+    deadline = time.monotonic() + 60
+    while (value := counter(sbx)) <= above:
+        assert time.monotonic() < deadline, f"counter stuck at {value}"
+        time.sleep(0.2)
+    return value
+
+
+def detail(up: Up, sandbox_id: str) -> dict[str, object]:
+    with httpx.Client(base_url=up.url, headers={"X-API-KEY": up.api_key}, timeout=30) as client:
+        response = client.get(f"/sandboxes/{sandbox_id}")
+        assert response.status_code == 200, response.text
+        body: dict[str, object] = response.json()
+        return body
+
+
+def test_pause_and_connect_resume_keep_processes_files_id_and_token(e2b_env: Up) -> None:
+    sbx = Sandbox.create("base", timeout=300, metadata={"e2e": "pause"})
+    try:
+        sbx.commands.run(COUNTER, background=True)
+        sbx.commands.run(SERVER, background=True)
+        sbx.files.write("/home/user/disk.txt", "on the disk")
+        sbx.files.write("/dev/shm/tmpfs.txt", "in tmpfs")
+        before = counter_moves(sbx, 0)
+        token = detail(e2b_env, sbx.sandbox_id)["envdAccessToken"]
+        wait_until(lambda: sbx.commands.run(FETCH).stdout.strip() == "on the disk", 60, "the listener")
+
+        assert sbx.pause() is True
+        assert sbx.beta_pause() is False, "pausing a paused sandbox answers 409 -> False"
+        assert detail(e2b_env, sbx.sandbox_id)["state"] == "paused"
+        paused = Sandbox.list(query=SandboxQuery(state=[SandboxState.PAUSED], metadata={"e2e": "pause"})).next_items()
+        assert [s.sandbox_id for s in paused] == [sbx.sandbox_id]
+        with httpx.Client(base_url=e2b_env.url) as raw:
+            assert raw.get("/health", headers={"E2b-Sandbox-Id": sbx.sandbox_id}).status_code == 502
+
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=300)
+        assert resumed.sandbox_id == sbx.sandbox_id
+        info = detail(e2b_env, sbx.sandbox_id)
+        assert (info["state"], info["envdAccessToken"]) == ("running", token)
+        after = counter(resumed)
+        assert before <= after < before + 100, f"the counter restarted or jumped: {before} -> {after}"
+        counter_moves(resumed, after)
+        assert resumed.files.read("/home/user/disk.txt") == "on the disk"
+        assert resumed.files.read("/dev/shm/tmpfs.txt") == "in tmpfs"
+        assert resumed.commands.run(FETCH).stdout.strip() == "on the disk", "the listener serves after resume"
+
+        again = Sandbox.connect(sbx.sandbox_id)  # running: 200, nothing resumed
+        assert again.commands.run("echo again").stdout.strip() == "again"
+        for _cycle in range(3):
+            assert again.pause() is True
+            again = Sandbox.connect(sbx.sandbox_id)
+        counter_moves(again, after)
+    finally:
+        assert sbx.kill()
+    assert not sbx.is_running()
+
+
+def test_on_timeout_pause_pauses_instead_of_killing(e2b_env: Up) -> None:
+    sbx = Sandbox.create("base", timeout=4, lifecycle={"on_timeout": "pause"})
+    try:
+        sbx.files.write("/dev/shm/kept.txt", "kept")
+        wait_until(lambda: detail(e2b_env, sbx.sandbox_id)["state"] == "paused", 120, "the timeout to pause it")
+        lifecycle = detail(e2b_env, sbx.sandbox_id)["lifecycle"]
+        assert isinstance(lifecycle, dict)
+        assert lifecycle["onTimeout"] == "pause"
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=300)
+        assert resumed.files.read("/dev/shm/kept.txt") == "kept"
+        assert detail(e2b_env, sbx.sandbox_id)["state"] == "running"
+    finally:
+        sbx.kill()
