@@ -10,13 +10,13 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .conftest import Connect, basic
+from .conftest import Connect, EnvdProcess, basic
 
 ROOT = basic("root")
 NOBODY = basic("nobody")
@@ -281,3 +281,39 @@ def test_watch_dir_stream_error_for_missing_directory(rpc: Connect, tree: Path) 
     messages = rpc.stream(FS + "WatchDir", {"path": str(tree / "missing")}, ROOT)
     assert messages[-1][0] == "end"
     assert messages[-1][1]["error"]["code"] == "not_found"
+
+
+def _inotify_fds(pid: int) -> int:
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") == "anon_inode:inotify"
+        except FileNotFoundError:
+            continue  # closed while listing
+    return count
+
+
+def _wait_inotify_fds(pid: int, expected: int) -> int:
+    deadline = time.monotonic() + 10
+    while (count := _inotify_fds(pid)) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return count
+
+
+def test_watchers_release_their_inotify_descriptors(envd_factory: Callable[..., EnvdProcess], tree: Path) -> None:
+    envd = envd_factory()
+    pid = envd.proc.pid
+    client = Connect(envd.url)
+    try:
+        assert _inotify_fds(pid) == 0
+        watcher = call(client, "CreateWatcher", {"path": str(tree), "recursive": True})[1]["watcherId"]
+        assert _inotify_fds(pid) == 1
+        assert call(client, "RemoveWatcher", {"watcherId": watcher})[0] == 200
+        assert _inotify_fds(pid) == 0
+        with client.open_stream(FS + "WatchDir", {"path": str(tree)}, ROOT) as stream:
+            assert stream.next()[1] == {"start": {}}
+            assert _inotify_fds(pid) == 1
+        # the client went away mid-stream: envd notices the disconnect and closes the stream's watcher
+        assert _wait_inotify_fds(pid, 0) == 0
+    finally:
+        client.close()
