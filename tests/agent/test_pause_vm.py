@@ -159,6 +159,7 @@ async def test_sigkill_of_the_agent_mid_pause_then_restart(
             got = await client.get(f"/v1/sandboxes/{sandbox_id}")
             assert got.status_code == 200, "the sandbox must never be silently gone"
             state = SandboxState(got.json()["state"])
+            print(f"after SIGKILL mid-pause and restart: {state.value}")
             assert state in {SandboxState.RUNNING, SandboxState.PAUSED, SandboxState.FAILED}
             if state is SandboxState.FAILED:
                 assert (data_dir / "sandboxes" / sandbox_id / "disk.qcow2").exists(), "files kept when failed"
