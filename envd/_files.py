@@ -378,10 +378,12 @@ async def _read_chunks(fd: int) -> AsyncIterator[bytes]:
 
 
 async def _gzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Compress on a worker thread (zlib releases the GIL): a MiB of deflate must not stall the event loop."""
+    loop = asyncio.get_running_loop()
     compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
     try:
         async for chunk in chunks:
-            out = compressor.compress(chunk)
+            out = await loop.run_in_executor(None, compressor.compress, chunk)
             if out:
                 yield out
         yield compressor.flush()
@@ -401,12 +403,14 @@ def _decoded_body(request: Request) -> AsyncIterator[bytes]:
 
 
 async def _gunzip(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Inflate on a worker thread, at most READ_CHUNK of output per step (a small body may inflate hugely)."""
+    loop = asyncio.get_running_loop()
     decompressor = zlib.decompressobj(31)
     try:
         async for chunk in chunks:
             data = chunk
             while data:
-                out = decompressor.decompress(data, READ_CHUNK)
+                out = await loop.run_in_executor(None, decompressor.decompress, data, READ_CHUNK)
                 if out:
                     yield out
                 data = decompressor.unconsumed_tail

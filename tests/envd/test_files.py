@@ -174,6 +174,17 @@ def test_accept_encoding_choice(http: httpx.Client, base: Path, accept: str, exp
     assert (gzip.decompress(raw) if expected else raw) == BLOB[:5000]
 
 
+def test_gzip_upload_of_concatenated_members(http: httpx.Client, base: Path) -> None:
+    target = base / "members.bin"
+    body = gzip.compress(BLOB[:70_000]) + gzip.compress(BLOB[70_000:])
+    assert upload(http, str(target), body, **{"Content-Encoding": "gzip"}).status_code == 200
+    assert target.read_bytes() == BLOB
+    truncated = gzip.compress(BLOB)[:-100]
+    response = upload(http, str(target), truncated, **{"Content-Encoding": "gzip"})
+    assert response.status_code == 400
+    assert "truncated" in response.json()["message"]
+
+
 def test_encoding_errors(http: httpx.Client, base: Path) -> None:
     target = base / "e.txt"
     target.write_bytes(b"e")
