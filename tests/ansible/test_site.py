@@ -7,6 +7,7 @@ run a command and kill it.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -39,6 +40,15 @@ def _site(node: Node, workdir: Path) -> tuple[int, str]:
     return result.recap["localhost"]["changed"], result.output
 
 
+def _images_fingerprint() -> str:
+    """Content hash of images/ (recipes, builder): the rootfs role rebuilds when it changes, and it should."""
+    digest = hashlib.sha256()
+    for path in sorted((repo_root() / "images").rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            digest.update(str(path).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def _connection(node: Node) -> dict[str, str]:
     text = (Path(node.vars["wrenn_data_dir"]) / "node" / "connection.env").read_text()
     return dict(re.findall(r"^(E2B_[A-Z_]+)=(.*)$", text, flags=re.MULTILINE))
@@ -47,10 +57,18 @@ def _connection(node: Node) -> dict[str, str]:
 @pytest.mark.vm
 @pytest.mark.sdk
 def test_site_playbook_is_idempotent_and_serves_the_sdk(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = _images_fingerprint()
     first_changed, _ = _site(node, node.root / "run1")
     assert first_changed > 0  # a fresh node: directories, database, CA, service
 
-    second_changed, output = _site(node, node.root / "run2")
+    # Idempotency is about unchanged inputs. In a shared working tree the image recipes/builder may change between
+    # two runs (someone commits): then the rebuild is right, and the check is repeated (at most twice more).
+    for attempt in range(3):
+        second_changed, output = _site(node, node.root / f"run{attempt + 2}")
+        after = _images_fingerprint()
+        if after == before or attempt == 2:
+            break
+        before = after
     assert second_changed == 0, _changed_tasks(output)
 
     listen = node.vars["wrenn_up_listen"]
