@@ -244,6 +244,10 @@ def test_upload_errors(http: httpx.Client, base: Path) -> None:
     root_only.mkdir(mode=0o755)
     (base / "adir").mkdir()
     assert upload(http, str(base / "adir"), b"x").status_code == 400
+    (base / "plain").write_bytes(b"p")
+    under_file = upload(http, str(base / "plain" / "child.txt"), b"x")
+    assert under_file.status_code == 400
+    assert "not a directory" in under_file.json()["message"]
     assert "directory" in upload(http, str(base / "adir"), b"x").json()["message"]
     denied = upload(http, str(root_only / "f"), b"x", user="nobody")
     assert denied.status_code == 403
