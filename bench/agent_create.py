@@ -107,12 +107,22 @@ async def bare_restore(manager: SandboxManager, image: AgentImage, accel: Accele
         proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         try:
             # The minimum QEMU needs for a file-backed-RAM restore: the capability must precede the stream.
-            # Without -S the guest runs as soon as the stream is in.
             await asyncio.wait_for(qmp.accept(), LIMIT)
-            caps = [{"capability": "x-ignore-shared", "state": True}]
+            caps = [{"capability": "x-ignore-shared", "state": True}, {"capability": "events", "state": True}]
             await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
-            await qmp.execute("migrate-incoming", {"uri": f"exec:cat {warm.directory / 'state'}"})
-            await wait_envd(lease.envd_address, LIMIT)
+            with qmp.listener("MIGRATION") as listener:
+                await qmp.execute("migrate-incoming", {"uri": f"exec:cat {warm.directory / 'state'}"})
+                async for event in listener:
+                    data = event["data"]
+                    if isinstance(data, dict) and data.get("status") in {"completed", "failed"}:
+                        break
+            await qmp.execute("cont")  # the snapshot was taken paused, and the run state migrates with it
+            try:
+                await wait_envd(lease.envd_address, LIMIT)
+            except TimeoutError as exc:
+                status = await qmp.execute("query-status")
+                migration = await qmp.execute("query-migrate")
+                raise RuntimeError(f"bare restore never answered: {status} {migration}") from exc
             return time.monotonic() - started
         finally:
             await qmp.disconnect()
