@@ -217,6 +217,7 @@ def shut_down(how: int, why: str) -> None:
 def main() -> None:
     if os.getpid() != 1:
         sys.exit("wrenn-init must run as PID 1")
+    os.environ["PATH"] = BASE_PATH  # the kernel starts init without PATH (busybox's switch_root passes one)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGUSR2, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
