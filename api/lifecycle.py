@@ -17,6 +17,7 @@ A crash of the control plane between the UPDATE and the agent's answer leaves ``
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -106,6 +107,7 @@ class PauseResume:
         self._clock = clock
         self._on_paused = on_paused
         self._on_resumed = on_resumed
+        self.transition_wait_s = 300.0
 
     async def pause(self, team_id: uuid.UUID | None, sandbox_id: str, *, memory: bool = True) -> SandboxRecord:
         """running -> paused. Conflict when paused (or on its way); NotFound when not live for this team."""
@@ -143,16 +145,26 @@ class PauseResume:
     async def resume(
         self, team_id: uuid.UUID | None, sandbox_id: str, *, timeout_s: int, auto_pause: bool | None = None
     ) -> SandboxRecord | None:
-        """paused -> running with a fresh end time; None when the sandbox was not paused (the caller decides)."""
+        """paused -> running with a fresh end time; None when the sandbox was not paused (the caller decides).
+
+        A sandbox caught mid-pause or mid-resume is waited for (bounded by `transition_wait_s`), then resumed or
+        reported as it ended up."""
         sets: dict[str, object] = {}
         if auto_pause is not None:
             sets["auto_pause"] = auto_pause
-        rec = await _transition(self._store, sandbox_id, team_id, SandboxState.PAUSED, SandboxState.RESUMING, **sets)
-        if rec is None:
+        deadline = asyncio.get_running_loop().time() + self.transition_wait_s
+        while True:
+            rec = await _transition(
+                self._store, sandbox_id, team_id, SandboxState.PAUSED, SandboxState.RESUMING, **sets
+            )
+            if rec is not None:
+                break
             current = await _current(self._store, sandbox_id, team_id)
-            if current is not None and current.state in {SandboxState.RESUMING, SandboxState.PAUSING}:
-                raise Conflict(f"sandbox '{sandbox_id}' is being {current.state.value[:-3]}ed; retry")
-            return None
+            if current is None or current.state not in {SandboxState.RESUMING, SandboxState.PAUSING}:
+                return None
+            if asyncio.get_running_loop().time() > deadline:
+                raise Conflict(f"sandbox '{sandbox_id}' is still {current.state.value}; retry")
+            await asyncio.sleep(0.1)  # another request is moving it; poll its recorded state
         log = _log.bind(sandbox_id=sandbox_id, host_id=rec.host_id)
         try:
             agent = await self._hosts.client(rec.host_id or "")

@@ -244,7 +244,14 @@ class SandboxService:
         )
 
     async def list_page(self, team_id: uuid.UUID | None, query: ListQuery) -> tuple[list[ListedSandbox], str | None]:
-        states = tuple(sorted(query.states & {"running", "paused"}))
+        wanted = query.states & {"running", "paused"}
+        states = tuple(
+            sorted(
+                wanted
+                | ({"resuming"} if "running" in wanted else set())
+                | ({"pausing"} if "paused" in wanted else set())
+            )
+        )
         if not states:
             return [], None
         after = _decode_token(query.next_token) if query.next_token else None
@@ -429,7 +436,9 @@ class SandboxService:
 
     async def _live(self, team_id: uuid.UUID | None, sandbox_id: str, *, paused_too: bool = False) -> SandboxRecord:
         rec = await records.get_live(self._store, sandbox_id, team_id)
-        visible = {SandboxState.RUNNING, SandboxState.PAUSED} if paused_too else {SandboxState.RUNNING}
+        visible = {SandboxState.RUNNING}
+        if paused_too:  # mid-transition sandboxes show as where they are heading (see `_listed`)
+            visible |= {SandboxState.PAUSING, SandboxState.PAUSED, SandboxState.RESUMING}
         if rec is None or rec.state not in visible:
             raise NotFound(f"sandbox '{sandbox_id}' not found")
         return rec
@@ -466,7 +475,7 @@ class SandboxService:
             cpu_count=rec.vcpus,
             memory_mb=rec.memory_mb,
             disk_size_mb=rec.disk_mb,
-            state="paused" if rec.state is SandboxState.PAUSED else "running",
+            state="paused" if rec.state in {SandboxState.PAUSED, SandboxState.PAUSING} else "running",
             envd_version=rec.envd_version,
             metadata=rec.metadata,
         )
