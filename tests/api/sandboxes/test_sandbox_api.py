@@ -12,7 +12,9 @@ import pytest
 from e2b import Sandbox, SandboxQuery
 from e2b.exceptions import NotFoundException, SandboxException
 
-from tests.api.sandboxes.conftest import Stack
+from tests.api.sandboxes.conftest import Stack, ThreadServer
+from wrenn.api.sandboxes import create_public_app
+from wrenn.api.settings import Settings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.sdk]
 
@@ -252,3 +254,25 @@ def test_kill_cuts_open_streams(e2b_env: Stack) -> None:
         assert time.monotonic() - started < 10
     finally:
         e2b_env.agent.keep_envd_on_destroy = False
+
+
+def test_expiry_outlives_the_api_process_that_created_the_sandbox(stack: Stack) -> None:
+    """The expiry is a PostgreSQL job, not a timer in the creating process: an API instance without job workers
+    creates the sandbox and goes away; the other instance (the session stack) kills it on time."""
+    settings = Settings(database_url=stack.database_url, job_workers=0, reconcile_interval_s=3600)
+    creator = ThreadServer(create_public_app(settings))
+    creator.start()
+    try:
+        with httpx.Client(base_url=creator.url, headers={"X-API-KEY": stack.api_key}) as c:
+            created = c.post("/sandboxes", json={"templateID": "base", "timeout": 2})
+            assert created.status_code == 201
+            sid = created.json()["sandboxID"]
+    finally:
+        creator.stop()
+    with httpx.Client(base_url=stack.url, headers={"X-API-KEY": stack.api_key}) as c:
+        assert c.get(f"/sandboxes/{sid}").status_code == 200
+        deadline = time.monotonic() + 30
+        while c.get(f"/sandboxes/{sid}").status_code == 200:
+            assert time.monotonic() < deadline, "the sandbox outlived its timeout"
+            time.sleep(0.2)
+    assert sid not in stack.agent.sandboxes
