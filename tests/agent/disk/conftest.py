@@ -30,6 +30,8 @@ class DiskEnv:
     backend: DiskBackend
     directory: Path
     base: Path
+    private_fs: bool = False
+    """Whether `directory` is on a filesystem only this test writes (free-space deltas mean something)."""
 
     def layer_path(self, name: str) -> Path:
         suffix = "qcow2" if self.backend.format is DiskFormat.QCOW2 else "raw"
@@ -83,7 +85,7 @@ def disk_env(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DiskEnv
         with xfs_mount() as mnt:
             make_base(mnt / "base.raw")
             (mnt / "layers").mkdir()
-            yield DiskEnv(ReflinkBackend(), mnt / "layers", mnt / "base.raw")
+            yield DiskEnv(ReflinkBackend(), mnt / "layers", mnt / "base.raw", private_fs=True)
     else:
         if not Path("/dev/mapper/control").exists():
             pytest.skip("no device-mapper on this host (/dev/mapper/control missing)")

@@ -57,7 +57,8 @@ async def test_sparse(disk_env: DiskEnv) -> None:
     usage = await disk_env.backend.usage(layer.path)
     assert usage.allocated_bytes < 1 * MiB  # neither the base's 8 MiB of data nor the 256 MiB size
     free_after = os.statvfs(disk_env.directory).f_bavail * os.statvfs(disk_env.directory).f_frsize
-    assert free_before - free_after < 2 * MiB
+    if disk_env.private_fs:  # on a shared filesystem others' writes drown the delta
+        assert free_before - free_after < 2 * MiB
     await asyncio.to_thread(write_layer, layer, 0, b"\x22" * (2 * MiB))
     grown = await disk_env.backend.usage(layer.path)
     assert grown.allocated_bytes >= 2 * MiB  # writes are the layer's own
