@@ -25,6 +25,7 @@ from typing import Any, Protocol, Self
 import httpx
 
 from wrenn.api.proxy._routing import ENVD_PORT, BadRoute, RouteKey, route_for
+from wrenn.api.proxy._websocket import relay_websocket
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -176,11 +177,64 @@ class SandboxProxy:
         if key is None:
             await self.api(scope, receive, send)
             return
-        if scope["type"] == "websocket":
-            # No WebSocket client library in the dependency set yet; refuse the handshake instead of hanging.
-            await send({"type": "websocket.close", "code": 1011})
+        target = await self._authorize(scope, send, key, headers)
+        if target is None:
             return
-        await self._proxy_http(scope, receive, send, key, headers)
+        if scope["type"] == "websocket":
+            await self._proxy_websocket(scope, receive, send, key, headers, target)
+            return
+        await self._proxy_http(scope, receive, send, key, headers, target)
+
+    async def _authorize(self, scope: Scope, send: Send, key: RouteKey, headers: dict[str, str]) -> ProxyTarget | None:
+        """The sandbox's route when the caller may reach it; otherwise the error is sent and None returned."""
+        target = await self._target(key.sandbox_id)
+        if target is None or not target.running:
+            await _not_found(send, scope, key.sandbox_id)
+            return None
+        api_key = headers.get("x-api-key")
+        if api_key is not None and await self._team_of(api_key) != target.team_id:
+            await _not_found(send, scope, key.sandbox_id)
+            return None
+        path: str = scope.get("path", "/")
+        if (
+            target.access_token is not None
+            and key.port == ENVD_PORT
+            and not path.startswith(_TOKEN_FREE_PATHS)
+            and headers.get("x-access-token") != target.access_token
+        ):
+            await _reply(
+                send, scope, 401, {"code": 401, "message": "unauthorized access, please provide a valid access token"}
+            )
+            return None
+        return target
+
+    def _open_stream(self, sandbox_id: str) -> _Stream:
+        stream = _Stream()
+        self._streams.setdefault(sandbox_id, set()).add(stream)
+        return stream
+
+    def _close_stream(self, sandbox_id: str, stream: _Stream) -> None:
+        streams = self._streams.get(sandbox_id)
+        if streams is not None:
+            streams.discard(stream)
+            if not streams:
+                self._streams.pop(sandbox_id, None)
+
+    async def _proxy_websocket(
+        self, scope: Scope, receive: Receive, send: Send, key: RouteKey, headers: dict[str, str], target: ProxyTarget
+    ) -> None:
+        port = target.envd_port if key.port == ENVD_PORT else key.port
+        raw_path: bytes = scope.get("raw_path") or scope.get("path", "/").encode()
+        url = f"ws://{target.host}:{port}{raw_path.decode('latin-1')}"
+        query: bytes = scope.get("query_string", b"")
+        if query:
+            url += "?" + query.decode("latin-1")
+        stream = self._open_stream(key.sandbox_id)
+        try:
+            if not await relay_websocket(scope, receive, send, url, headers, stream.cut):
+                _log.warning("sandbox websocket unreachable: %s %s", key.sandbox_id, url)
+        finally:
+            self._close_stream(key.sandbox_id, stream)
 
     async def _target(self, sandbox_id: str) -> ProxyTarget | None:
         now = time.monotonic()
@@ -203,28 +257,9 @@ class SandboxProxy:
         return team
 
     async def _proxy_http(
-        self, scope: Scope, receive: Receive, send: Send, key: RouteKey, headers: dict[str, str]
+        self, scope: Scope, receive: Receive, send: Send, key: RouteKey, headers: dict[str, str], target: ProxyTarget
     ) -> None:
-        target = await self._target(key.sandbox_id)
-        if target is None or not target.running:
-            await _not_found(send, scope, key.sandbox_id)
-            return
-        api_key = headers.get("x-api-key")
-        if api_key is not None and await self._team_of(api_key) != target.team_id:
-            await _not_found(send, scope, key.sandbox_id)
-            return
         path: str = scope.get("path", "/")
-        if (
-            target.access_token is not None
-            and key.port == ENVD_PORT
-            and not path.startswith(_TOKEN_FREE_PATHS)
-            and headers.get("x-access-token") != target.access_token
-        ):
-            await _reply(
-                send, scope, 401, {"code": 401, "message": "unauthorized access, please provide a valid access token"}
-            )
-            return
-
         port = target.envd_port if key.port == ENVD_PORT else key.port
         raw_path: bytes = scope.get("raw_path") or path.encode()
         query: bytes = scope.get("query_string", b"")
@@ -236,8 +271,7 @@ class SandboxProxy:
         has_body = "content-length" in headers or "transfer-encoding" in headers
         if not has_body:
             body_done.set()
-        stream = _Stream()
-        self._streams.setdefault(key.sandbox_id, set()).add(stream)
+        stream = self._open_stream(key.sandbox_id)
         try:
             # A body only when the client sent one (a streamed empty body would go out chunked, an extra write);
             # small bodies (RPC requests) are read whole and sent in one write, large ones streamed.
@@ -264,11 +298,7 @@ class SandboxProxy:
             finally:
                 await upstream.aclose()
         finally:
-            streams = self._streams.get(key.sandbox_id)
-            if streams is not None:
-                streams.discard(stream)
-                if not streams:
-                    self._streams.pop(key.sandbox_id, None)
+            self._close_stream(key.sandbox_id, stream)
 
     async def _relay(
         self,
