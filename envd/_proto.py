@@ -236,6 +236,7 @@ def _filesystem_file() -> descriptor_pb2.FileDescriptorProto:
             ("group", 8, _STRING),
             ("modified_time", 9, _MSG, ".google.protobuf.Timestamp"),
             ("symlink_target", 10, _STRING, "", "opt"),
+            ("is_symlink", 12, _BOOL),  # e2b >= 2.6x: the entry is a link, `type` is its target's
         ],
         maps={"metadata": 11},
     )

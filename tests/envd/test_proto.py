@@ -62,6 +62,7 @@ EXPECTED: dict[str, dict[str, tuple[int, int]]] = {
         "modified_time": (9, M),
         "symlink_target": (10, S),
         "metadata": (11, M),
+        "is_symlink": (12, B),
     },
     "filesystem.StatRequest": {"path": (1, S)},
     "filesystem.StatResponse": {"entry": (1, M)},

@@ -193,7 +193,7 @@ def test_symlink_info_reports_target(sandbox: Any, workdir: str) -> None:
     os.symlink("target.txt", f"/home/user/{workdir}/link.txt")
     info = sandbox.files.get_info(f"{workdir}/link.txt")
     assert info.symlink_target == f"/home/user/{workdir}/target.txt"
-    assert info.type in (FileType.FILE, FileType.SYMLINK)  # FILE for envd < is_symlink, SYMLINK with it
+    assert info.type == FileType.SYMLINK  # envd sets EntryInfo.is_symlink (field 12), which e2b >= 2.6x reads
     dir_info = sandbox.files.get_info(workdir)
     assert dir_info.type == FileType.DIR
     assert dir_info.size > 0
