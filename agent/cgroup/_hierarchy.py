@@ -57,11 +57,18 @@ class Hierarchy:
         self.version = version
         self.root = root
         self.parent = parent
+        self.v1_controllers: tuple[str, ...] = CONTROLLERS
+        cpuacct = root / "cpuacct"
+        if (cpuacct / "cpuacct.usage").exists() and cpuacct.resolve() != (root / "cpu").resolve():
+            self.v1_controllers += ("cpuacct",)  # its own hierarchy (not co-mounted with cpu): CPU usage lives there
+
+    def _v1(self, controller: str, name: str) -> Path:
+        return self.root / controller / self.parent / name
 
     def parents(self) -> list[Path]:
         if self.version is CgroupVersion.V2:
             return [self.root / self.parent]
-        return [self.root / c / self.parent for c in CONTROLLERS]
+        return [self.root / c / self.parent for c in self.v1_controllers]
 
     def groups(self, name: str) -> list[Path]:
         return [p / name for p in self.parents()]
@@ -107,7 +114,7 @@ class Hierarchy:
                 g / "memory.swap.max": "0",
                 g / "pids.max": str(limits.pids_max),
             }
-        cpu, memory, pids = self.groups(name)
+        cpu, memory, pids = (self._v1(c, name) for c in CONTROLLERS)
         return {
             cpu / "cpu.cfs_period_us": str(CPU_PERIOD_US),
             cpu / "cpu.cfs_quota_us": str(limits.cpu_quota_us),
@@ -135,9 +142,9 @@ class Hierarchy:
                 cpu_usec=int(stat["usage_usec"]),
                 pids=int(_read(g / "pids.current")),
             )
-        cpu, memory, pids = self.groups(name)
-        cpuacct = self.root / "cpuacct" / self.parent / name / "cpuacct.usage"
-        if not cpuacct.exists():  # cpu and cpuacct are co-mounted on most hosts
+        cpu, memory, pids = (self._v1(c, name) for c in CONTROLLERS)
+        cpuacct = self._v1("cpuacct", name) / "cpuacct.usage"
+        if not cpuacct.exists():  # cpu and cpuacct co-mounted (most hosts): the cpu group has the file
             cpuacct = cpu / "cpuacct.usage"
         cpu_usec = int(_read(cpuacct)) // 1000 if cpuacct.exists() else 0
         return Usage(

@@ -47,11 +47,16 @@ async def cgroups(request: pytest.FixtureRequest) -> AsyncIterator[CgroupManager
 
 @pytest.fixture
 async def sleeper() -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(300)")
+    # Touches 32 MiB once told to (a line on stdin), so the memory is charged to whatever group it is in by then.
+    script = "import sys, time; sys.stdin.readline(); b = bytearray(32 << 20); time.sleep(300)"
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdin=asyncio.subprocess.PIPE)
     yield proc
     if proc.returncode is None:
         proc.kill()
     await proc.wait()
+    assert proc.stdin is not None
+    proc.stdin.close()
+    await proc.stdin.wait_closed()
 
 
 def test_detect_reads_the_host() -> None:
@@ -78,9 +83,15 @@ async def test_create_place_usage_remove(cgroups: CgroupManager, sleeper: asynci
         assert path.read_text().split()[0] == value.split()[0]
     await group.placement(sleeper.pid)
     assert await group.pids() == {sleeper.pid}
-    usage = await group.usage()
+    assert sleeper.stdin is not None
+    sleeper.stdin.write(b"go\n")
+    for _ in range(1000):  # poll for the charge to appear (bounded: 10 s)
+        usage = await group.usage()
+        if usage.memory_bytes > 32 << 20:
+            break
+        await asyncio.sleep(0.01)
     assert usage.pids == 1
-    assert usage.memory_bytes > 0
+    assert usage.memory_bytes > 32 << 20
     again = await cgroups.create("sbx1", limits)  # idempotent: same group, process still in it
     assert await again.pids() == {sleeper.pid}
     await cgroups.remove("sbx1")  # kills the straggler first
