@@ -64,6 +64,7 @@ class SandboxRecord:
     end_at: datetime
     stopped_at: datetime | None
     stop_reason: str | None
+    idempotency_key: str | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> SandboxRecord:
@@ -87,6 +88,7 @@ class SandboxRecord:
             end_at=row["end_at"],
             stopped_at=row["stopped_at"],
             stop_reason=row["stop_reason"],
+            idempotency_key=row.get("idempotency_key"),
         )
 
 
@@ -95,8 +97,8 @@ async def insert(conn: Connection, rec: SandboxRecord) -> None:
         """
         INSERT INTO sandboxes (id, team_id, host_id, template, state, metadata, vcpus, memory_mb, disk_mb,
                                envd_address, envd_version, envd_token, allow_internet, auto_pause,
-                               created_at, started_at, end_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                               created_at, started_at, end_at, idempotency_key)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         """,
         (
             rec.id,
@@ -116,12 +118,21 @@ async def insert(conn: Connection, rec: SandboxRecord) -> None:
             rec.created_at,
             rec.started_at,
             rec.end_at,
+            rec.idempotency_key,
         ),
     )
 
 
 async def get(store: Store, sandbox_id: str) -> SandboxRecord | None:
     row = await store.fetch_one("SELECT * FROM sandboxes WHERE id = %s", (sandbox_id,))
+    return None if row is None else SandboxRecord.from_row(row)
+
+
+async def get_by_idempotency_key(store: Store, team_id: uuid.UUID, key: str) -> SandboxRecord | None:
+    row = await store.fetch_one(
+        "SELECT * FROM sandboxes WHERE team_id = %s AND idempotency_key = %s AND state = ANY(%s)",
+        (team_id, key, list(LIVE_STATES)),
+    )
     return None if row is None else SandboxRecord.from_row(row)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -27,6 +28,7 @@ from wrenn.protocol.errors import Conflict, Invalid
 _ERRORS = (400, 401, 404, 500)
 _TAGS = ("sandboxes",)
 _STATES = frozenset({"running", "paused"})
+_IDEMPOTENCY_KEY = re.compile(r"[a-z0-9-]{1,255}")
 
 
 class V2ListQuery(BaseModel):
@@ -58,7 +60,10 @@ def _states(raw: str | None) -> frozenset[str]:
 
 def operations(service: SandboxService) -> list[Operation]:
     async def create_sandbox(req: falcon.asgi.Request, resp: falcon.asgi.Response, body: NewSandbox) -> SandboxCreated:
-        return await service.create(principal_of(req).require_team(), body)
+        key = req.get_header("Idempotency-Key")
+        if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
+            raise Invalid("Idempotency-Key must be 1-255 lowercase letters, digits and hyphens")
+        return await service.create(principal_of(req).require_team(), body, idempotency_key=key)
 
     async def get_sandbox(req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str) -> SandboxDetail:
         return await service.get(principal_of(req).require_team(), sandbox_id)

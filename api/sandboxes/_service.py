@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, unquote
 
 import httpx
+import psycopg
 import structlog
 
 from wrenn.api import scheduler
@@ -145,9 +146,15 @@ class SandboxService:
 
     # -- E2B operations -------------------------------------------------------------------------------------
 
-    async def create(self, team_id: uuid.UUID, body: NewSandbox) -> SandboxCreated:
+    async def create(
+        self, team_id: uuid.UUID, body: NewSandbox, *, idempotency_key: str | None = None
+    ) -> SandboxCreated:
         if body.template_id not in self.config.templates:
             raise NotFound(f"template '{body.template_id}' not found")
+        if idempotency_key is not None:
+            earlier = await records.get_by_idempotency_key(self._store, team_id, idempotency_key)
+            if earlier is not None:
+                return self._repeat(earlier)
         now = self._clock()
         sandbox_id = self._ids.short(20)
         token = secrets.token_hex(16) if body.secure else None
@@ -172,18 +179,26 @@ class SandboxService:
             end_at=now + timedelta(seconds=body.timeout),
             stopped_at=None,
             stop_reason=None,
+            idempotency_key=idempotency_key,
         )
-        async with self._store.transaction() as conn:
-            placement = await scheduler.place(
-                conn,
-                vcpus=rec.vcpus,
-                memory_mb=rec.memory_mb,
-                now=now,
-                heartbeat_ttl=timedelta(seconds=self.config.heartbeat_ttl_s),
-                overcommit_vcpus=self.config.vcpu_overcommit,
-            )
-            rec = replace(rec, host_id=placement.host_id)
-            await records.insert(conn, rec)
+        try:
+            async with self._store.transaction() as conn:
+                placement = await scheduler.place(
+                    conn,
+                    vcpus=rec.vcpus,
+                    memory_mb=rec.memory_mb,
+                    now=now,
+                    heartbeat_ttl=timedelta(seconds=self.config.heartbeat_ttl_s),
+                    overcommit_vcpus=self.config.vcpu_overcommit,
+                )
+                rec = replace(rec, host_id=placement.host_id)
+                await records.insert(conn, rec)
+        except psycopg.errors.UniqueViolation:
+            # the same Idempotency-Key raced us: answer like the request that won
+            earlier = await records.get_by_idempotency_key(self._store, team_id, idempotency_key or "")
+            if earlier is None:
+                raise
+            return self._repeat(earlier)
         log = _log.bind(sandbox_id=sandbox_id, host_id=placement.host_id, team_id=str(team_id))
         agent = self._hosts.client_for(placement.host_id, placement.address)
         spec = CreateSandbox(
@@ -220,6 +235,19 @@ class SandboxService:
             client_id=CLIENT_ID,
             envd_version=rec.envd_version,
             envd_access_token=token,
+            domain=self.config.domain,
+        )
+
+    def _repeat(self, rec: SandboxRecord) -> SandboxCreated:
+        """The answer to a create repeated with the same Idempotency-Key."""
+        if rec.state is not SandboxState.RUNNING:
+            raise Conflict("a create with this Idempotency-Key is still in progress")
+        return SandboxCreated(
+            template_id=rec.template,
+            sandbox_id=rec.id,
+            client_id=CLIENT_ID,
+            envd_version=rec.envd_version,
+            envd_access_token=rec.envd_token,
             domain=self.config.domain,
         )
 

@@ -276,3 +276,25 @@ def test_expiry_outlives_the_api_process_that_created_the_sandbox(stack: Stack) 
             assert time.monotonic() < deadline, "the sandbox outlived its timeout"
             time.sleep(0.2)
     assert sid not in stack.agent.sandboxes
+
+
+def test_idempotency_key_returns_the_same_sandbox(client: httpx.Client, stack: Stack) -> None:
+    key = {"Idempotency-Key": f"job-{time.time_ns()}"}
+    first = client.post("/sandboxes", json={"templateID": "base"}, headers=key)
+    assert first.status_code == 201
+    creates = stack.agent.creates
+    again = client.post("/v2/sandboxes", json={"templateID": "base"}, headers=key)
+    assert again.status_code == 201
+    assert again.json()["sandboxID"] == first.json()["sandboxID"]
+    assert again.json()["envdAccessToken"] == first.json()["envdAccessToken"]
+    assert stack.agent.creates == creates
+    assert (
+        client.post("/sandboxes", json={"templateID": "base"}, headers={"Idempotency-Key": "Bad Key"}).status_code
+        == 400
+    )
+    assert client.delete(f"/sandboxes/{first.json()['sandboxID']}").status_code == 204
+    # once that sandbox is gone the key makes a new one
+    fresh = client.post("/sandboxes", json={"templateID": "base"}, headers=key)
+    assert fresh.status_code == 201
+    assert fresh.json()["sandboxID"] != first.json()["sandboxID"]
+    client.delete(f"/sandboxes/{fresh.json()['sandboxID']}")
