@@ -22,6 +22,7 @@ job: the agent keeps a sandbox until it is told to destroy it.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import os
 from dataclasses import dataclass, field
@@ -33,13 +34,14 @@ import structlog
 from wrenn.agent._envd import EnvdClient
 from wrenn.agent._images import AgentImage, ImageSource
 from wrenn.agent._processes import kill_processes_mentioning
-from wrenn.agent._resources import HostFacts, HostResources, NetworkLease
+from wrenn.agent._resources import HostFacts, HostResources
 from wrenn.agent._slots import SlotAllocator
-from wrenn.agent.pause import PauseKeeper
+from wrenn.agent.pause import SNAPSHOT_DIR, PauseKeeper
+from wrenn.agent.snapshots import KEY_PREFIX, SnapshotMeta, SnapshotStore, new_meta
 from wrenn.agent.state import SandboxRecord, StateStore, Step
 from wrenn.agent.templates import WarmSnapshot, WarmTemplates
 from wrenn.agent.vmm import EXITED_STATES, VM, DiskFormat, VMConfig, VMDriver, VMMError
-from wrenn.protocol.agent import Accelerator, CreateSandbox, HostInfo, SandboxInfo, SandboxState
+from wrenn.protocol.agent import Accelerator, CreateSandbox, HostInfo, SandboxInfo, SandboxState, SnapshotInfo
 from wrenn.protocol.errors import Conflict, Exhausted, NotFound, Unavailable, WrennError
 
 _log = structlog.get_logger(__name__)
@@ -101,6 +103,7 @@ class SandboxManager:
             ready_limit=self._limits.ready_restore,
             stop_grace=self._limits.stop_grace,
         )
+        self._snapshots = SnapshotStore(store.root.parent / "snapshots")
 
     # ---- lifecycle of the manager ----------------------------------------------------------------------------
 
@@ -205,7 +208,11 @@ class SandboxManager:
         log = _log.bind(sandbox_id=sandbox_id, template=request.template)
         if sandbox_id in self._sandboxes:
             raise Conflict(f"sandbox {sandbox_id} already exists on this host")
-        image = self._images.find(request.template)
+        snapshot = self._snapshots.find(request.template)  # a snapshot id: restore from it (wrenn.agent.snapshots)
+        if snapshot is not None:
+            meta = snapshot[0]
+            request = request.model_copy(update={"vcpus": meta.vcpus, "memory_mb": meta.memory_mb})
+        image = self._images.find(snapshot[0].template if snapshot is not None else request.template)
         self._check_capacity(request)
         slot = self._slots.allocate()
         record = SandboxRecord(
@@ -218,7 +225,10 @@ class SandboxManager:
             try:
                 await self._save(record)
                 started = asyncio.get_running_loop().time()
-                warm = await self._templates.get(image, request.vcpus, request.memory_mb)
+                if snapshot is not None:
+                    warm: WarmSnapshot | None = snapshot[1]
+                else:
+                    warm = await self._templates.get(image, request.vcpus, request.memory_mb)
                 await self._build(sandbox, image, warm)
                 record.state = SandboxState.RUNNING
                 await self._save(record)
@@ -247,28 +257,32 @@ class SandboxManager:
         assert record.slot is not None
         directory = self._store.sandbox_dir(record.sandbox_id)
 
-        await self._begin(record, Step.NETWORK)
-        lease: NetworkLease = await self._resources.acquire_network(
-            record.sandbox_id, record.slot, allow_internet=request.allow_internet
-        )
-        record.netns = lease.netns
-        record.envd_address = lease.envd_address
-
         disk = directory / DISK_FILE
+        run_dir = directory / RUN_DIR
         record.disk = disk
-        await self._begin(record, Step.DISK)
+        record.run_dir = run_dir
         if warm is not None:
             record.template_key = warm.key
             record.restored = True
-            await self._resources.create_disk(warm.disk, "qcow2", disk, request.disk_mb)
-        else:
-            await self._resources.create_disk(image.rootfs, image.rootfs_format, disk, request.disk_mb)
+        # Network, disk and cgroup do not depend on each other: all three are recorded as begun in one write and
+        # set up concurrently (each undo is idempotent, so a crash or failure in any of them is undone alike).
+        await self._begin(record, Step.NETWORK, Step.DISK, Step.CGROUP)
+        base, base_format = (warm.disk, "qcow2") if warm is not None else (image.rootfs, image.rootfs_format)
+        lease, made_disk, placement = await asyncio.gather(
+            self._resources.acquire_network(record.sandbox_id, record.slot, allow_internet=request.allow_internet),
+            self._resources.create_disk(base, base_format, disk, request.disk_mb),
+            self._resources.create_cgroup(record.sandbox_id, request.vcpus, request.memory_mb),
+            return_exceptions=True,  # let all three finish, so the undo never races a half-made resource
+        )
+        if isinstance(lease, BaseException):
+            raise lease
+        if isinstance(made_disk, BaseException):
+            raise made_disk
+        if isinstance(placement, BaseException):
+            raise placement
+        record.netns = lease.netns
+        record.envd_address = lease.envd_address
 
-        await self._begin(record, Step.CGROUP)
-        placement = await self._resources.create_cgroup(record.sandbox_id, request.vcpus, request.memory_mb)
-
-        run_dir = directory / RUN_DIR
-        record.run_dir = run_dir
         await self._begin(record, Step.VM)
         await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
         config = VMConfig(
@@ -292,11 +306,12 @@ class SandboxManager:
         self._accelerator = self._accelerator or await self._driver.accelerator()
         await self._envd.wait_ready(lease.envd_address, limit)
 
-        await self._begin(record, Step.INIT)
+        # INIT makes no host state, so it is not written on its own: the RUNNING write right after records it.
+        record.steps.append(Step.INIT)
         await self._envd.init(lease.envd_address, env_vars=request.env_vars, access_token=request.envd_access_token)
 
-    async def _begin(self, record: SandboxRecord, step: Step) -> None:
-        record.steps.append(step)
+    async def _begin(self, record: SandboxRecord, *steps: Step) -> None:
+        record.steps.extend(steps)
         await self._save(record)
 
     async def _save(self, record: SandboxRecord) -> None:
@@ -317,6 +332,41 @@ class SandboxManager:
         async with sandbox.lock:
             resumed = await self._pauser.resume(sandbox)
         return self._info(sandbox), resumed
+
+    # ---- snapshots (wrenn.agent.snapshots) --------------------------------------------------------------------
+
+    async def snapshot(self, sandbox_id: str, snapshot_id: str) -> SnapshotInfo:
+        """Snapshot a running sandbox under `snapshot_id`: paused, copied, resumed at once (it keeps running)."""
+        sandbox = self._held(sandbox_id)
+        async with sandbox.lock:
+            record = sandbox.record
+            if record.state is not SandboxState.RUNNING:
+                raise Conflict(f"sandbox {sandbox_id} is {record.state.value}: only a running sandbox is snapshotted")
+            if self._snapshots.find(snapshot_id) is not None:
+                raise Conflict(f"snapshot {snapshot_id} already exists")
+            source = self._snapshots.find(record.request.template)
+            template = source[0].template if source is not None else record.request.template
+            request = record.request
+            meta = new_meta(snapshot_id, template, sandbox_id, request.vcpus, request.memory_mb, request.disk_mb)
+            await self._pauser.pause(sandbox, memory=True)
+            try:
+                pause = self._pauser.load(sandbox_id)
+                assert pause is not None
+                assert pause.disk is not None
+                paused_dir = self._pauser.directory(sandbox_id) / SNAPSHOT_DIR
+                await asyncio.to_thread(self._snapshots.capture, meta, paused_dir, pause.disk)
+            finally:
+                await self._pauser.resume(sandbox)
+        _log.info("snapshot taken", sandbox_id=sandbox_id, snapshot_id=snapshot_id)
+        return _snapshot_info(meta)
+
+    def list_snapshots(self) -> builtins.list[SnapshotInfo]:
+        return [_snapshot_info(m) for m in self._snapshots.list()]
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        key = KEY_PREFIX + snapshot_id
+        in_use = any(s.record.template_key == key for s in self._sandboxes.values())
+        await asyncio.to_thread(self._snapshots.delete, snapshot_id, in_use)
 
     def _held(self, sandbox_id: str) -> _Sandbox:
         sandbox = self._sandboxes.get(sandbox_id)
@@ -393,6 +443,7 @@ class SandboxManager:
             await asyncio.to_thread(kill_processes_mentioning, str(directory) + "/")
             await asyncio.to_thread(self._store.remove, directory.name)
         await asyncio.to_thread(self._templates.recover)
+        await asyncio.to_thread(self._snapshots.recover)
         for record in records:
             if record.slot is not None:
                 self._slots.claim(record.slot)
@@ -415,6 +466,10 @@ class SandboxManager:
                 await self._undo_shielded(sandbox)
         keep = set(self._sandboxes)
         await self._resources.cleanup_stale(keep, self._slots.used)
+
+
+def _snapshot_info(meta: SnapshotMeta) -> SnapshotInfo:
+    return SnapshotInfo.model_validate(meta.model_dump())
 
 
 def _memory_mb_total() -> int:
