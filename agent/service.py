@@ -7,6 +7,9 @@
     DELETE /v1/sandboxes/{id}    -> 204 (idempotent)
     POST   /v1/sandboxes/{id}/pause   PauseSandbox -> 200 SandboxInfo (409 already paused)
     POST   /v1/sandboxes/{id}/resume  -> 201 SandboxInfo (resumed) or 200 (was running)
+    POST   /v1/sandboxes/{id}/snapshots  CreateSnapshot -> 201 SnapshotInfo
+    GET    /v1/snapshots               -> 200 SnapshotList
+    DELETE /v1/snapshots/{id}          -> 204 (409 while sandboxes restored from it live)
 
 Errors are ``{"code", "message"}`` with the status of the `wrenn.protocol.errors` kind; a body that does not
 validate is 400; anything else is logged with its traceback and answered 500 with a plain message.
@@ -27,7 +30,7 @@ from pydantic import BaseModel, ValidationError
 
 from wrenn.agent._runtime import AgentRuntime
 from wrenn.agent.settings import AgentSettings
-from wrenn.protocol.agent import CreateSandbox, PauseSandbox, SandboxList
+from wrenn.protocol.agent import CreateSandbox, CreateSnapshot, PauseSandbox, SandboxList, SnapshotList
 from wrenn.protocol.errors import Invalid, WrennError
 
 _log = structlog.get_logger(__name__)
@@ -101,6 +104,36 @@ class _Resume:
         _send(resp, info, status=201 if resumed else 200)
 
 
+class _SandboxSnapshots:
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self._runtime = runtime
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str) -> None:
+        structlog.contextvars.bind_contextvars(sandbox_id=sandbox_id)
+        try:
+            request = CreateSnapshot.model_validate_json(await req.stream.read())
+        except ValidationError as exc:
+            raise Invalid(_validation_message(exc)) from exc
+        _send(resp, await self._runtime.manager.snapshot(sandbox_id, request.snapshot_id), status=201)
+
+
+class _Snapshots:
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self._runtime = runtime
+
+    async def on_get(self, _req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        _send(resp, SnapshotList(snapshots=self._runtime.manager.list_snapshots()))
+
+
+class _Snapshot:
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self._runtime = runtime
+
+    async def on_delete(self, _req: falcon.asgi.Request, resp: falcon.asgi.Response, snapshot_id: str) -> None:
+        await self._runtime.manager.delete_snapshot(snapshot_id)
+        resp.status = 204
+
+
 def _validation_message(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "body"
@@ -162,6 +195,9 @@ def create_agent_app(
     app.add_route("/v1/sandboxes/{sandbox_id}", _Sandbox(runtime))
     app.add_route("/v1/sandboxes/{sandbox_id}/pause", _Pause(runtime))
     app.add_route("/v1/sandboxes/{sandbox_id}/resume", _Resume(runtime))
+    app.add_route("/v1/sandboxes/{sandbox_id}/snapshots", _SandboxSnapshots(runtime))
+    app.add_route("/v1/snapshots", _Snapshots(runtime))
+    app.add_route("/v1/snapshots/{snapshot_id}", _Snapshot(runtime))
     # Falcon picks the most specific registered handler, so the order here does not matter for dispatch.
     app.add_error_handler(Exception, _unexpected)
     app.add_error_handler(falcon.HTTPError, _http_error)

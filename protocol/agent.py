@@ -9,6 +9,10 @@ Routes (all bodies JSON, errors ``{"code": int, "message": str}`` with the statu
     DELETE /v1/sandboxes/{id}         -> 204 (idempotent: 404 only if the agent never knew the id)
     POST   /v1/sandboxes/{id}/pause   PauseSandbox -> 200 SandboxInfo (409 when already paused or not running)
     POST   /v1/sandboxes/{id}/resume  -> 201 SandboxInfo when it resumed, 200 when it was running (409 otherwise)
+    POST   /v1/sandboxes/{id}/snapshots  CreateSnapshot -> 201 SnapshotInfo (the sandbox keeps running)
+    GET    /v1/snapshots              -> 200 SnapshotList
+    DELETE /v1/snapshots/{id}         -> 204 (409 while live sandboxes were created from it)
+    A CreateSandbox whose `template` is a snapshot id restores from that snapshot.
 
 Later issues extend this (pause, resume, snapshot); add fields with defaults so old peers keep working.
 """
@@ -57,6 +61,24 @@ class CreateSandbox(_Model):
 
 class PauseSandbox(_Model):
     memory: bool = Field(default=True, description="keep guest memory (processes run on); false keeps only the disk")
+
+
+class CreateSnapshot(_Model):
+    snapshot_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class SnapshotInfo(_Model):
+    snapshot_id: str
+    template: str
+    source_sandbox: str
+    vcpus: int
+    memory_mb: int
+    disk_mb: int
+    created_at: datetime
+
+
+class SnapshotList(_Model):
+    snapshots: list[SnapshotInfo]
 
 
 class SandboxInfo(_Model):

@@ -1,0 +1,140 @@
+"""Named snapshots of running sandboxes, and new sandboxes started from them.
+
+A snapshot is taken with the sandbox's own pause machinery (`wrenn.agent.pause`): the sandbox is paused (memory,
+device state and disk to files), the files are copied into ``<data>/snapshots/<id>/`` and the sandbox is resumed at
+once — to its user it keeps running (its processes see a pause of about a second). Layout::
+
+    <data>/snapshots/<id>/snapshot/   device (+ private memory) state and the driver's manifest
+    <data>/snapshots/<id>/disk.qcow2  the frozen disk (an immutable copy; clones' overlays are backed by it)
+    <data>/snapshots/<id>/meta.json   `SnapshotMeta`, written last: a directory without it is a crashed take
+
+`find(id)` gives what a create needs to restore from it (`WarmSnapshot`): creating a sandbox from a snapshot is a
+restore, not a boot, exactly like creating one from a warm template. A snapshot whose disk backs a live sandbox's
+overlay cannot be deleted (Conflict).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field
+
+from wrenn.agent.pause import SNAPSHOT_DIR
+from wrenn.agent.templates import WarmSnapshot
+from wrenn.protocol.errors import Conflict, Invalid, NotFound
+
+_log = structlog.get_logger(__name__)
+
+META = "meta.json"
+DISK = "disk.qcow2"
+MANIFEST = "snapshot.json"
+KEY_PREFIX = "snap-"
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+class SnapshotMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    snapshot_id: str = Field(pattern=_ID.pattern)
+    template: str = Field(description="the image template the snapshot's sandbox was made from")
+    source_sandbox: str
+    vcpus: int
+    memory_mb: int
+    disk_mb: int
+    created_at: datetime
+
+
+class SnapshotStore:
+    """The snapshots on this host (``<data>/snapshots``)."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = root
+
+    def directory(self, snapshot_id: str) -> Path:
+        if not _ID.match(snapshot_id):
+            raise Invalid(f"bad snapshot id {snapshot_id!r}")
+        return self._root / snapshot_id
+
+    def find(self, snapshot_id: str) -> tuple[SnapshotMeta, WarmSnapshot] | None:
+        if not _ID.match(snapshot_id):
+            return None
+        directory = self._root / snapshot_id
+        try:
+            meta = SnapshotMeta.model_validate_json((directory / META).read_text())
+        except (OSError, ValueError):
+            return None
+        warm = WarmSnapshot(key=KEY_PREFIX + snapshot_id, directory=directory / SNAPSHOT_DIR, disk=directory / DISK)
+        return meta, warm
+
+    def list(self) -> list[SnapshotMeta]:
+        if not self._root.is_dir():
+            return []
+        found = [self.find(d.name) for d in sorted(self._root.iterdir()) if d.is_dir()]
+        return [f[0] for f in found if f is not None]
+
+    def recover(self) -> None:
+        """Remove takes a crash interrupted (no ``meta.json``)."""
+        if not self._root.is_dir():
+            return
+        for directory in self._root.iterdir():
+            if directory.is_dir() and not (directory / META).exists():
+                _log.info("removing unfinished snapshot", directory=str(directory))
+                shutil.rmtree(directory, ignore_errors=True)
+
+    def capture(self, meta: SnapshotMeta, paused_snapshot: Path, frozen_disk: Path) -> None:
+        """Copy a just-paused sandbox's files into the snapshot (the sandbox's VMM is gone: nothing changes them).
+
+        The driver's manifest is re-pointed at the copied disk, so a restore checks clones against it."""
+        directory = self.directory(meta.snapshot_id)
+        if (directory / META).exists():
+            raise Conflict(f"snapshot {meta.snapshot_id} already exists")
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(parents=True)
+        try:
+            shutil.copytree(paused_snapshot, directory / SNAPSHOT_DIR)
+            _copy_disk(frozen_disk, directory / DISK)
+            manifest_path = directory / SNAPSHOT_DIR / MANIFEST
+            if manifest_path.exists():
+                manifest = json.loads(manifest_path.read_text())
+                if manifest.get("disk"):
+                    manifest["disk"] = str(directory / DISK)
+                manifest["directory"] = str(directory / SNAPSHOT_DIR)
+                manifest_path.write_text(json.dumps(manifest))
+            tmp = directory / f".{META}.tmp"
+            tmp.write_text(meta.model_dump_json(indent=2))
+            os.replace(tmp, directory / META)
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
+    def delete(self, snapshot_id: str, in_use: bool) -> None:
+        directory = self.directory(snapshot_id)
+        if not (directory / META).exists():
+            raise NotFound(f"snapshot {snapshot_id} not found on this host")
+        if in_use:
+            raise Conflict(f"snapshot {snapshot_id} backs live sandboxes; destroy them first")
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _copy_disk(source: Path, dest: Path) -> None:
+    """Copy a disk image keeping its holes (qcow2 overlays are sparse)."""
+    subprocess.run(["cp", "--sparse=always", str(source), str(dest)], check=True)
+
+
+def new_meta(snapshot_id: str, template: str, source: str, vcpus: int, memory_mb: int, disk_mb: int) -> SnapshotMeta:
+    return SnapshotMeta(
+        snapshot_id=snapshot_id,
+        template=template,
+        source_sandbox=source,
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+        disk_mb=disk_mb,
+        created_at=datetime.now(UTC),
+    )
