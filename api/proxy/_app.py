@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol, Self
+from urllib.parse import parse_qsl
 
 import httpx
 
@@ -49,6 +50,8 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _BUFFER_LIMIT = 64 * 1024
+# envd's own paths: never REST routes, so credentials alone may route them.
+_ENVD_ONLY_PATHS = ("/process.Process/", "/filesystem.Filesystem/", "/files")
 # envd paths that authenticate themselves without the access token header (reference 3.5).
 _TOKEN_FREE_PATHS = ("/health", "/files")
 
@@ -71,6 +74,16 @@ class ProxyBackend(Protocol):
     async def proxy_target(self, sandbox_id: str) -> ProxyTarget | None: ...
 
     async def team_of_api_key(self, api_key: str) -> str | None: ...
+
+    async def sandbox_for_token(self, access_token: str) -> str | None:
+        """The running sandbox whose envd access token this is (routing for SDKs that send no sandbox id)."""
+        ...
+
+    async def sandbox_for_signature(
+        self, path: str, operation: str, username: str, signature: str, expiration: str
+    ) -> str | None:
+        """The running sandbox whose token produced this signed ``/files`` URL (``download_url()``/``upload_url()``)."""
+        ...
 
 
 class _Stream:
@@ -175,6 +188,12 @@ class SandboxProxy:
             await _reply(send, scope, 400, {"code": 400, "message": str(exc)})
             return
         if key is None:
+            key = await self._route_by_credentials(scope, headers)
+        if key is None:
+            if scope.get("path", "/").startswith(_ENVD_ONLY_PATHS):
+                # envd traffic for no sandbox we know (wrong token or signature): like an unknown sandbox
+                await _not_found(send, scope, "")
+                return
             await self.api(scope, receive, send)
             return
         target = await self._authorize(scope, send, key, headers)
@@ -184,6 +203,29 @@ class SandboxProxy:
             await self._proxy_websocket(scope, receive, send, key, headers, target)
             return
         await self._proxy_http(scope, receive, send, key, headers, target)
+
+    async def _route_by_credentials(self, scope: Scope, headers: dict[str, str]) -> RouteKey | None:
+        """Fallback routing for envd traffic that names no sandbox: older SDKs send only ``X-Access-Token``, and
+        signed ``/files`` URLs carry only a signature. Never used for the REST API's own paths."""
+        path: str = scope.get("path", "/")
+        if not path.startswith(_ENVD_ONLY_PATHS):
+            return None
+        token = headers.get("x-access-token")
+        sandbox_id: str | None = None
+        if token:
+            sandbox_id = await self._backend.sandbox_for_token(token)
+        elif path == "/files":
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            if "signature" in query and "path" in query:
+                operation = "write" if scope.get("method") == "POST" else "read"
+                sandbox_id = await self._backend.sandbox_for_signature(
+                    query["path"],
+                    operation,
+                    query.get("username", ""),
+                    query["signature"],
+                    query.get("signature_expiration", ""),
+                )
+        return RouteKey(sandbox_id, ENVD_PORT) if sandbox_id else None
 
     async def _authorize(self, scope: Scope, send: Send, key: RouteKey, headers: dict[str, str]) -> ProxyTarget | None:
         """The sandbox's route when the caller may reach it; otherwise the error is sent and None returned."""

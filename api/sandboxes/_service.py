@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
+import hmac
 import json
 import secrets
 import uuid
@@ -418,6 +420,31 @@ class SandboxService:
             "SELECT team_id FROM api_keys WHERE key_hash = %s AND revoked_at IS NULL", (hash_api_key(api_key),)
         )
         return None if row is None else str(row["team_id"])
+
+    async def sandbox_for_token(self, access_token: str) -> str | None:
+        row = await self._store.fetch_one(
+            "SELECT id FROM sandboxes WHERE envd_token = %s AND state = 'running' AND envd_token IS NOT NULL",
+            (access_token,),
+        )
+        return None if row is None else str(row["id"])
+
+    async def sandbox_for_signature(
+        self, path: str, operation: str, username: str, signature: str, expiration: str
+    ) -> str | None:
+        """Find the running sandbox whose token signs this URL (reference 3.5). One hash per running sandbox with a
+        token: fine for a single node; a fleet would want the sandbox id in the URL (per-sandbox host names)."""
+        if not signature.startswith("v1_"):
+            return None
+        rows = await self._store.fetch_all(
+            "SELECT id, envd_token FROM sandboxes WHERE state = 'running' AND envd_token IS NOT NULL LIMIT 10000"
+        )
+        suffix = f":{expiration}" if expiration else ""
+        for row in rows:
+            raw = f"{path}:{operation}:{username}:{row['envd_token']}{suffix}".encode()
+            digest = base64.b64encode(hashlib.sha256(raw).digest()).rstrip(b"=").decode()
+            if hmac.compare_digest(f"v1_{digest}", signature):
+                return str(row["id"])
+        return None
 
     # -- background -----------------------------------------------------------------------------------------
 

@@ -298,3 +298,35 @@ def test_idempotency_key_returns_the_same_sandbox(client: httpx.Client, stack: S
     assert fresh.status_code == 201
     assert fresh.json()["sandboxID"] != first.json()["sandboxID"]
     client.delete(f"/sandboxes/{fresh.json()['sandboxID']}")
+
+
+def test_routing_without_a_sandbox_id(e2b_env: Stack) -> None:
+    """Older SDKs send only X-Access-Token; signed file URLs carry only a signature: both still reach the sandbox."""
+    sbx = Sandbox.create("base", timeout=60)
+    other = Sandbox.create("base", timeout=60)
+    try:
+        path = f"/tmp/wrenn-signed-{sbx.sandbox_id}.txt"
+        sbx.files.write(path, "signed content")
+        url = sbx.download_url(path)
+        assert url.startswith(e2b_env.url + "/files?")
+        with httpx.Client() as raw:
+            got = raw.get(url)  # no headers at all
+            assert got.status_code == 200
+            assert got.text == "signed content"
+            assert raw.get(url.replace("signature=v1_", "signature=v1_x")).status_code == 502
+            info = raw.get(f"{e2b_env.url}/sandboxes/{sbx.sandbox_id}", headers={"X-API-KEY": e2b_env.api_key})
+            rpc = {"Content-Type": "application/json", "Connect-Protocol-Version": "1"}
+            listed = raw.post(
+                f"{e2b_env.url}/process.Process/List",
+                content=b"{}",
+                headers={**rpc, "X-Access-Token": info.json()["envdAccessToken"]},
+            )
+            assert listed.status_code == 200
+            unknown = raw.post(
+                f"{e2b_env.url}/process.Process/List", content=b"{}", headers={**rpc, "X-Access-Token": "x"}
+            )
+            assert unknown.status_code == 502
+        sbx.files.remove(path)
+    finally:
+        sbx.kill()
+        other.kill()
