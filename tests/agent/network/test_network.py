@@ -4,6 +4,7 @@ reach each other, setup repairs half-made slots, stale cleanup removes planted l
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -166,3 +167,22 @@ async def test_cleanup_stale_removes_planted_leftovers(manager: NetworkManager) 
         assert (await manager.inspect(1)).complete
     finally:
         await sh("ip", "netns", "del", f"{prefix}-other", check=False)
+
+
+async def test_concurrent_setups_and_cycles_leak_nothing(manager: NetworkManager) -> None:
+    """Ten slots set up at once (the agent's ten concurrent creates), then 20 more set-up/tear-down cycles: every
+    slot is complete while up, and nothing of the prefix is left at the end (namespaces, links, tables)."""
+    prefix = manager.plan.prefix
+    before = host_names(prefix)
+    fds = len(os.listdir("/proc/self/fd"))
+    nets = await asyncio.gather(*(manager.setup(slot) for slot in range(10)))
+    assert len({n.address for n in nets}) == 10
+    states = await asyncio.gather(*(manager.inspect(slot) for slot in range(10)))
+    assert all(state.complete for state in states)
+    assert len(host_names(prefix)["netns"]) == 10
+    await asyncio.gather(*(manager.teardown(slot) for slot in range(10)))
+    for cycle in range(20):
+        await manager.setup(cycle % 3)
+        await manager.teardown(cycle % 3)
+    assert host_names(prefix) == before
+    assert len(os.listdir("/proc/self/fd")) == fds  # netlink sockets and namespace fds all closed

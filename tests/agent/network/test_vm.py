@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.agent.network.conftest import host_names
-from tests.agent.vmm.conftest import accel_cache, alive, guest, processes_mentioning
 from tests.agent.vmm import guest as guest_module
+from tests.agent.vmm.conftest import accel_cache, alive, guest, processes_mentioning
 from wrenn.agent.cgroup import CgroupManager, CgroupVersion, Limits
 from wrenn.agent.disk import detect_backend
 from wrenn.agent.network import NetworkManager
