@@ -18,7 +18,7 @@ import falcon.asgi
 import httpx
 import structlog
 
-from wrenn.api import auth, errors, health, hosts, openapi, sandboxes, tenancy
+from wrenn.api import auth, errors, health, hosts, openapi, sandboxes, snapshots, tenancy
 from wrenn.api.auth import Authenticator, SessionTokens
 from wrenn.api.clock import Clock, Ids, utc_now
 from wrenn.api.deps import Deps, HttpClientFactory
@@ -30,7 +30,7 @@ from wrenn.api.store import Store, migrate
 _log = structlog.get_logger("wrenn.api")
 
 # The domain modules, in registration order. Each exposes register(app, deps).
-MODULES: list[ModuleType] = [openapi, health, auth, tenancy, hosts, sandboxes]
+MODULES: list[ModuleType] = [openapi, health, auth, tenancy, hosts, sandboxes, snapshots]
 
 
 class _RequestContext:

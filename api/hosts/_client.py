@@ -16,7 +16,7 @@ from typing import Self
 import httpx
 from pydantic import ValidationError
 
-from wrenn.protocol.agent import CreateSandbox, HostInfo, SandboxInfo, SandboxList
+from wrenn.protocol.agent import CreateSandbox, HostInfo, SandboxInfo, SandboxList, SnapshotInfo
 from wrenn.protocol.errors import Internal, NotFound, Unavailable, WrennError, error_for_status
 
 
@@ -88,6 +88,14 @@ class AgentClient:
     async def resume_sandbox(self, sandbox_id: str) -> SandboxInfo:
         body = await self._call("POST", f"/v1/sandboxes/{sandbox_id}/resume", timeout=self._create_timeout_s)
         return SandboxInfo.model_validate(body)
+
+    async def snapshot_sandbox(self, sandbox_id: str, snapshot_id: str) -> SnapshotInfo:
+        path = f"/v1/sandboxes/{sandbox_id}/snapshots"
+        body = await self._call("POST", path, json={"snapshot_id": snapshot_id}, timeout=self._create_timeout_s)
+        return SnapshotInfo.model_validate(body)
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await self._call("DELETE", f"/v1/snapshots/{snapshot_id}", timeout=60.0)
 
     async def destroy_sandbox(self, sandbox_id: str) -> None:
         """Destroy a sandbox; a sandbox the agent never knew counts as destroyed."""

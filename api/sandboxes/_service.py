@@ -20,7 +20,7 @@ import hmac
 import json
 import secrets
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from urllib.parse import parse_qsl, unquote
@@ -126,6 +126,7 @@ class SandboxService:
         self._stop_listeners: list[Callable[[str], object]] = []
         self._start_listeners: list[Callable[[ProxyTarget], object]] = []
         self._http: httpx.AsyncClient | None = None
+        self.resolve_snapshot: Callable[[uuid.UUID, str], Awaitable[tuple[str, int, int] | None]] = _no_snapshots
         self.lifecycle = PauseResume(
             store=store, hosts=hosts, clock=clock, on_paused=self._paused, on_resumed=self._resumed
         )
@@ -151,8 +152,12 @@ class SandboxService:
     async def create(
         self, team_id: uuid.UUID, body: NewSandbox, *, idempotency_key: str | None = None
     ) -> SandboxCreated:
+        vcpus, memory_mb, template = self.config.vcpus, self.config.memory_mb, body.template_id
         if body.template_id not in self.config.templates:
-            raise NotFound(f"template '{body.template_id}' not found")
+            snapshot = await self.resolve_snapshot(team_id, body.template_id)  # wrenn.api.snapshots
+            if snapshot is None:
+                raise NotFound(f"template '{body.template_id}' not found")
+            template, vcpus, memory_mb = snapshot
         if idempotency_key is not None:
             earlier = await records.get_by_idempotency_key(self._store, team_id, idempotency_key)
             if earlier is not None:
@@ -165,11 +170,11 @@ class SandboxService:
             id=sandbox_id,
             team_id=team_id,
             host_id=None,
-            template=body.template_id,
+            template=template,
             state=SandboxState.CREATING,
             metadata=dict(body.metadata),
-            vcpus=self.config.vcpus,
-            memory_mb=self.config.memory_mb,
+            vcpus=vcpus,
+            memory_mb=memory_mb,
             disk_mb=self.config.disk_mb,
             envd_address=None,
             envd_version=self.config.envd_version,
@@ -534,6 +539,10 @@ class SandboxService:
             envd_version=rec.envd_version,
             metadata=rec.metadata,
         )
+
+
+async def _no_snapshots(_team_id: uuid.UUID, _template_id: str) -> tuple[str, int, int] | None:
+    return None
 
 
 def _target(rec: SandboxRecord) -> ProxyTarget:
