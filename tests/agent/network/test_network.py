@@ -186,3 +186,46 @@ async def test_concurrent_setups_and_cycles_leak_nothing(manager: NetworkManager
         await manager.teardown(cycle % 3)
     assert host_names(prefix) == before
     assert len(os.listdir("/proc/self/fd")) == fds  # netlink sockets and namespace fds all closed
+
+
+async def _stand_in_guest(manager: NetworkManager, slot: int) -> str:
+    """Replace the slot's TAP by a veth pair named ``tap0`` whose other end is ``eth0`` in a namespace of its own,
+    configured like the guest (169.254.0.21/30, gateway .22): a guest without a VM, for traffic tests. Returns the
+    stand-in guest's namespace."""
+    ns, guest_ns = manager.addresses(slot).netns, f"{manager.plan.prefix}-g{slot}"
+    await sh("ip", "netns", "add", guest_ns)
+    await sh("ip", "-n", ns, "link", "del", "tap0")
+    await sh("ip", "-n", ns, "link", "add", "tap0", "type", "veth", "peer", "name", "eth0", "netns", guest_ns)
+    await sh("ip", "-n", ns, "addr", "add", "169.254.0.22/30", "dev", "tap0")
+    await sh("ip", "-n", ns, "link", "set", "tap0", "up")
+    await sh("ip", "-n", guest_ns, "addr", "add", "169.254.0.21/30", "dev", "eth0")
+    for dev in ("lo", "eth0"):
+        await sh("ip", "-n", guest_ns, "link", "set", dev, "up")
+    await sh("ip", "-n", guest_ns, "route", "add", "default", "via", "169.254.0.22")
+    return guest_ns
+
+
+async def test_host_reaches_any_guest_port_and_guest_cannot_reach_out(
+    manager: NetworkManager, listener_factory: list[asyncio.subprocess.Process]
+) -> None:
+    a, b = await manager.setup(0), await manager.setup(1)
+    guest_a = await _stand_in_guest(manager, 0)
+    try:
+        guest_port = await listen(listener_factory, guest_a)
+        assert await connects(None, a.address, guest_port)  # host -> slot address -> DNAT -> guest, any port
+        assert not await connects(None, b.address, guest_port)  # B's address leads to B's (absent) guest only
+        host_port = await listen(listener_factory, None)
+        b_port = await listen(listener_factory, b.netns)
+        ns_port = await listen(listener_factory, a.netns)
+        assert not await connects(guest_a, "169.254.0.22", ns_port)  # not its own namespace
+        assert not await connects(guest_a, manager.addresses(0).host_ip, host_port)  # not the host
+        assert not await connects(guest_a, a.address, host_port)  # not the namespace itself
+        assert not await connects(guest_a, b.address, b_port)  # not another sandbox
+        assert not await connects(guest_a, manager.addresses(1).host_ip, host_port)
+        assert await connects(b.netns, b.address, b_port)  # (B's listener does answer where it may)
+        # Control: without the namespace's input chain the guest does reach the namespace's listener, so the
+        # refusals above come from the rules, not from a broken stand-in (this traffic never leaves the namespace).
+        await sh("ip", "netns", "exec", a.netns, "nft", "delete", "chain", "ip", f"{manager.plan.prefix}-s0", "input")
+        assert await connects(guest_a, "169.254.0.22", ns_port)
+    finally:
+        await sh("ip", "netns", "del", guest_a, check=False)
