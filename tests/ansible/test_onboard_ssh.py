@@ -97,7 +97,8 @@ def test_onboard_host_registers_with_the_control_plane(node: Node, remote: SSHHo
 
     agent_port = free_port()
     agent_vars = {k: v for k, v in node.vars.items() if k.startswith(("wrenn_", "kvm_host_")) and "listen" not in k}
-    agent_vars |= {"wrenn_agent_driver": "fake", "ansible_python_interpreter": "/usr/bin/python3"}
+    # The namespace shares this machine's filesystem: the agent runs from this checkout's venv.
+    agent_vars |= {"wrenn_agent_driver": "fake", "wrenn_install_method": "existing"}
     command = [
         sys.executable,
         "-m",
