@@ -1,7 +1,7 @@
 """The real `base` image booted with the QEMU driver (user-mode networking, TCG here), driven by the e2b SDK.
 
-Needs the image built (`wrenn image build base`, which scripts/test does before pytest); skips naming that command
-otherwise. Every guest check polls for state; nothing waits for time.
+Needs the image built (`wrenn image build base`, which scripts/test does before pytest; `base-debian-kernel` the
+same way); skips naming that command otherwise. Every guest check polls for state; nothing waits for time.
 """
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ EXTRA_DISK_MB = 512
 EXTRA_ARGS = "wrenn.dns=192.0.2.53,192.0.2.54 wrenn.hostname=sbx-test"
 
 
-@pytest.fixture(scope="module")
-def base_image() -> GuestImage:
+@pytest.fixture(scope="module", params=["base", "base-debian-kernel"])
+def base_image(request: pytest.FixtureRequest) -> GuestImage:
+    """`base` (microvm kernel) always when built; `base-debian-kernel` when someone built it too."""
     try:
-        return find_image("base")
+        return find_image(str(request.param))
     except ImageNotFound as exc:
         pytest.skip(exc.message)
 
