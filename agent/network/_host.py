@@ -34,6 +34,44 @@ def run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) ->
     return proc.stdout
 
 
+def apply_nft(rules: str, table: str) -> subprocess.Popen[str]:
+    """Start ``nft -f -`` on `rules` in the calling thread's namespace (a child inherits it) and ask it to list
+    `table` after the transaction; `finish_nft` checks both. Starting without waiting lets the namespace's and the
+    host's transactions run at once."""
+    script = f"{rules}list table ip {table}\n".encode()
+    if len(script) > 60_000:  # must fit the pipe buffer: written before nft starts reading
+        raise HostCommandFailed("nft -f", f"ruleset of {len(script)} bytes is too large")
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, script)
+        os.close(write_end)
+        write_end = -1
+        return subprocess.Popen(
+            ["nft", "-f", "-"], stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+    except OSError as exc:
+        raise HostCommandFailed("nft -f", str(exc)) from exc
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+
+
+def finish_nft(proc: subprocess.Popen[str], table: str, where: str) -> None:
+    """Wait for `apply_nft` and verify: success, and the table listed back."""
+    with proc:
+        try:
+            out, err = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            proc.communicate()
+            raise HostCommandFailed(f"nft -f in {where}", "timed out") from exc
+    if proc.returncode != 0:
+        raise HostCommandFailed(f"nft -f in {where}", err.strip()[:500])
+    if f"table ip {table} {{" not in out:
+        raise HostCommandFailed(f"nft -f in {where}", f"table {table} missing after the transaction")
+
+
 def _setns(fd: int) -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.setns(fd, _CLONE_NEWNET) != 0:

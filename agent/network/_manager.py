@@ -178,11 +178,16 @@ class NetworkManager:
                 elif not allow and routes:
                     ns.route("del", dst="0.0.0.0/0")
             _host.sysctl("net/ipv4/ip_forward", "1")  # inside the namespace: it routes veth0 <-> tap0
-            _host.run(["nft", "-f", "-"], stdin=_nft.namespace_rules(addrs, self.plan, allow_egress=allow))
-        _host.run(["nft", "-f", "-"], stdin=_nft.host_rules(addrs, self.plan, allow_egress=allow))
-        state = self._inspect(addrs)
-        if not state.complete:
-            raise HostCommandFailed(f"verifying {addrs.netns}", f"incomplete after setup: {state}")
+            in_ns = _host.apply_nft(_nft.namespace_rules(addrs, self.plan, allow_egress=allow), addrs.nft_table)
+        try:
+            in_root = _host.apply_nft(_nft.host_rules(addrs, self.plan, allow_egress=allow), addrs.nft_table)
+        except Exception:
+            in_ns.kill()
+            in_ns.communicate()
+            raise
+        _host.finish_nft(in_ns, addrs.nft_table, addrs.netns)
+        _host.finish_nft(in_root, addrs.nft_table, "the root namespace")
+        # Verified: links above (netlink, after creating them), tables by the transactions listing them back.
 
     def _teardown(self, addrs: SlotAddresses) -> None:
         with _host.netlink() as ipr:
