@@ -5,7 +5,9 @@ One pass, per host that is not removed:
 - a sandbox the database has as running that the agent does not list, or lists as stopped/failed -> ``missing``;
 - a sandbox the agent runs that the database has no live record of (a create rolled back while the agent was
   away, a kill whose destroy call failed) and that is older than a grace period -> destroyed on the agent.
-The pass also stops running sandboxes whose end time passed (a safety net under the expiry jobs).
+The pass also stops running sandboxes whose end time passed (a safety net under the expiry jobs) and fails records
+stuck in ``creating`` for longer than any create can take (their API process died, or the "running" write was
+lost), destroying what their host started.
 
 `Reconciler` runs passes every ``interval_s`` in a task owned by the app's lifespan (an async context manager).
 """
@@ -39,6 +41,7 @@ class PassReport:
     hosts_unreachable: list[str] = field(default_factory=list)
     marked_missing: list[str] = field(default_factory=list)
     orphans_destroyed: list[str] = field(default_factory=list)
+    failed_creates: list[str] = field(default_factory=list)
     expired: int = 0
 
 
@@ -50,8 +53,11 @@ async def reconcile_once(
     sandboxes: SandboxService,
     clock: Clock,
     orphan_grace: timedelta = timedelta(minutes=2),
+    creating_grace: timedelta = timedelta(minutes=15),
 ) -> PassReport:
-    report = PassReport(expired=await sandboxes.expire_overdue())
+    report = PassReport(
+        expired=await sandboxes.expire_overdue(), failed_creates=await sandboxes.fail_stale_creates(creating_grace)
+    )
     for host in await hosts.list_hosts():
         if host.state is HostState.REMOVED:
             continue
@@ -81,12 +87,13 @@ async def reconcile_once(
             with contextlib.suppress(WrennError):
                 await agent.destroy_sandbox(sandbox_id)
                 report.orphans_destroyed.append(sandbox_id)
-    if report.marked_missing or report.orphans_destroyed or report.hosts_unreachable:
+    if report.marked_missing or report.orphans_destroyed or report.hosts_unreachable or report.failed_creates:
         _log.info(
             "reconciled",
             missing=report.marked_missing,
             orphans=report.orphans_destroyed,
             unreachable=report.hosts_unreachable,
+            failed_creates=report.failed_creates,
         )
     return report
 

@@ -145,8 +145,23 @@ async def get_live(store: Store, sandbox_id: str, team_id: uuid.UUID | None) -> 
     return None if row is None else SandboxRecord.from_row(row)
 
 
+async def relaxed_write(store: Store, sql: str, params: Any) -> dict[str, Any] | None:
+    """One write on the sandbox hot path, committed without waiting for the WAL flush (``synchronous_commit
+    off`` for this transaction only: ≈ 0.6 ms instead of ≈ 5 ms here).
+
+    A PostgreSQL crash can lose the last few hundred milliseconds of such commits, never corrupt anything; every
+    write made this way is one the reconciler repairs from the agents' lists (a lost "running" leaves a stale
+    ``creating`` record -> failed + destroyed; a lost "stopped" leaves a record the agent no longer runs -> missing).
+    """
+    async with store.transaction() as conn:
+        await conn.execute("SET LOCAL synchronous_commit TO off")
+        cur = await conn.execute(sql, params)
+        return await cur.fetchone()
+
+
 async def mark_running(store: Store, sandbox_id: str, *, envd_address: str) -> SandboxRecord | None:
-    row = await store.fetch_one(
+    row = await relaxed_write(
+        store,
         "UPDATE sandboxes SET state = 'running', envd_address = %s WHERE id = %s AND state = 'creating' RETURNING *",
         (envd_address, sandbox_id),
     )
@@ -162,7 +177,8 @@ async def stop_running(
     store: Store, sandbox_id: str, team_id: uuid.UUID | None, *, reason: str, at: datetime
 ) -> SandboxRecord | None:
     """Stop a running sandbox of ``team_id`` in one statement; None when there is no such sandbox."""
-    row = await store.fetch_one(
+    row = await relaxed_write(
+        store,
         "UPDATE sandboxes SET state = 'stopped', stopped_at = %s, stop_reason = %s "
         "WHERE id = %s AND state IN ('running', 'paused') AND (%s::uuid IS NULL OR team_id = %s::uuid) RETURNING *",
         (at, reason, sandbox_id, team_id, team_id),
@@ -172,7 +188,8 @@ async def stop_running(
 
 async def stop(store: Store, sandbox_id: str, *, state: SandboxState, reason: str, at: datetime) -> bool:
     """Move a live sandbox to a final state; False when it was not live (someone else stopped it first)."""
-    row = await store.fetch_one(
+    row = await relaxed_write(
+        store,
         "UPDATE sandboxes SET state = %s, stopped_at = %s, stop_reason = %s "
         "WHERE id = %s AND state = ANY(%s) RETURNING id",
         (state.value, at, reason, sandbox_id, list(LIVE_STATES)),
@@ -240,6 +257,15 @@ async def count_running(store: Store, team_id: uuid.UUID | None) -> int:
         (team_id, team_id),
     )
     return int(row["n"]) if row else 0
+
+
+async def stale_creating(store: Store, before: datetime) -> list[SandboxRecord]:
+    """Records still ``creating`` although their create began before ``before`` (an API process died mid-create,
+    or its "running" write was lost)."""
+    rows = await store.fetch_all(
+        "SELECT * FROM sandboxes WHERE state = 'creating' AND created_at < %s ORDER BY created_at LIMIT 100", (before,)
+    )
+    return [SandboxRecord.from_row(r) for r in rows]
 
 
 async def live_on_host(store: Store, host_id: str) -> list[SandboxRecord]:

@@ -190,6 +190,7 @@ class SandboxService:
         )
         try:
             async with self._store.transaction() as conn:
+                await conn.execute("SET LOCAL synchronous_commit TO off")  # see records.relaxed_write
                 placement = await scheduler.place(
                     conn,
                     vcpus=rec.vcpus,
@@ -483,6 +484,18 @@ class SandboxService:
                 await self._time_out(rec)
                 count += 1
         return count
+
+    async def fail_stale_creates(self, older_than: timedelta) -> list[str]:
+        """Records stuck in ``creating`` (the creating API process died, or its "running" write was lost) become
+        ``failed``, and whatever their host started is destroyed."""
+        failed = []
+        for rec in await records.stale_creating(self._store, self._clock() - older_than):
+            reason = "create never finished"
+            if await records.stop(self._store, rec.id, state=SandboxState.FAILED, reason=reason, at=self._clock()):
+                failed.append(rec.id)
+                self._notify(rec.id)
+                await self._destroy_on_host(rec, reason)
+        return failed
 
     async def mark_lost(self, rec: SandboxRecord, reason: str) -> None:
         """The reconciler found the host no longer runs this sandbox."""

@@ -166,4 +166,20 @@ async def test_reconciler_marks_lost_sandboxes_and_destroys_orphans(stack: Stack
             )
             assert kept in report.orphans_destroyed
             assert kept not in stack.agent.sandboxes
+            # a record stuck in "creating" (its API process died mid-create): failed, and its VM destroyed
+            stuck = (await c.post("/sandboxes", json={"templateID": "base"})).json()["sandboxID"]
+            with psycopg.connect(stack.database_url) as conn:
+                conn.execute(
+                    "UPDATE sandboxes SET state = 'creating', created_at = now() - interval '1 hour' WHERE id = %s",
+                    (stuck,),
+                )
+            report = await reconcile_once(
+                store=store, hosts=hosts, directory=directory, sandboxes=service, clock=utc_now
+            )
+            assert report.failed_creates == [stuck]
+            assert stuck not in stack.agent.sandboxes
+            with psycopg.connect(stack.database_url) as conn:
+                row = conn.execute("SELECT state FROM sandboxes WHERE id = %s", (stuck,)).fetchone()
+                assert row is not None
+                assert row[0] == "failed"
         await service.aclose()
