@@ -9,14 +9,17 @@ from pathlib import Path
 from wrenn.agent.disk._errors import BaseImageMissing, DiskCommandFailed, InvalidDiskSize
 
 
-async def run(*argv: str) -> str:
+async def run(*argv: str, stdin: str | None = None) -> str:
     try:
         proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
     except OSError as exc:
         raise DiskCommandFailed(" ".join(argv[:3]), str(exc)) from exc
-    out, err = await proc.communicate()
+    out, err = await proc.communicate(None if stdin is None else stdin.encode())
     if proc.returncode != 0:
         raise DiskCommandFailed(" ".join(argv[:3]), err.decode(errors="replace").strip()[:500])
     return out.decode()

@@ -7,6 +7,7 @@ For layer ``dest`` (a symlink to the device) named ``wrenn-<dest.stem>``:
                   so the guest sees the requested size
     cow           ``<dest>.cow``: a sparse file of the full size on a loop device — the writes go there
     snapshot      ``<name>``: ``snapshot <origin> <cow loop> P 8`` (persistent, 4 KiB chunks)
+    ``<dest>.loops`` records the two loop devices so `remove` detaches exactly this layer's.
 ``remove`` walks back: snapshot, origin, loops, cow file. Not exercised on these machines (no device-mapper); its
 conformance tests skip with that reason.
 """
@@ -44,6 +45,15 @@ class DmSnapshotBackend:
     def _name(dest: Path) -> str:
         return f"wrenn-{dest.stem}"
 
+    @staticmethod
+    def _cow(dest: Path) -> Path:
+        return dest.with_name(f"{dest.name}.cow")
+
+    @staticmethod
+    def _loops(dest: Path) -> Path:
+        """The loop devices this layer attached (base, then COW), recorded so `remove` detaches exactly those."""
+        return dest.with_name(f"{dest.name}.loops")
+
     async def create(self, base: Path, dest: Path, size_bytes: int) -> Layer:
         reason = available()
         if reason:
@@ -53,19 +63,21 @@ class DmSnapshotBackend:
         if await asyncio.to_thread(_exists, dest, Path(f"/dev/mapper/{name}")):
             return Layer(dest, self.format, size_bytes)
         await self.remove(dest)
-        cow = dest.with_name(f"{dest.name}.cow")
+        cow, loops = self._cow(dest), self._loops(dest)
         try:
             base_loop = (await run("losetup", "-r", "-f", "--show", str(base))).strip()
+            await asyncio.to_thread(loops.write_text, base_loop + "\n")
             await asyncio.to_thread(cow.write_bytes, b"")
             await asyncio.to_thread(os.truncate, cow, size_bytes)
             cow_loop = (await run("losetup", "-f", "--show", str(cow))).strip()
+            await asyncio.to_thread(loops.write_text, f"{base_loop}\n{cow_loop}\n")
             base_sectors, sectors = base_size // 512, size_bytes // 512
-            table = f"0 {base_sectors} linear {base_loop} 0"
+            table = f"0 {base_sectors} linear {base_loop} 0\n"
             if sectors > base_sectors:
-                table += f"\n{base_sectors} {sectors - base_sectors} zero"
-            await run("dmsetup", "create", f"{name}-origin", "--table", table)
-            snap = f"0 {sectors} snapshot /dev/mapper/{name}-origin {cow_loop} P 8"
-            await run("dmsetup", "create", name, "--table", snap)
+                table += f"{base_sectors} {sectors - base_sectors} zero\n"
+            await run("dmsetup", "create", f"{name}-origin", stdin=table)  # a multi-line table comes on stdin
+            snap = f"0 {sectors} snapshot /dev/mapper/{name}-origin {cow_loop} P 8\n"
+            await run("dmsetup", "create", name, stdin=snap)
             await asyncio.to_thread(os.symlink, f"/dev/mapper/{name}", dest)
         except BaseException:
             await asyncio.shield(self.remove(dest))
@@ -79,13 +91,13 @@ class DmSnapshotBackend:
         for device in (name, f"{name}-origin"):
             if await asyncio.to_thread(_exists, Path(f"/dev/mapper/{device}")):
                 await run("dmsetup", "remove", device)
-        cow = dest.with_name(f"{dest.name}.cow")
-        out = await run("losetup", "-a")
-        for line in out.splitlines():
-            if str(cow) in line:
-                await run("losetup", "-d", line.split(":")[0])
-        await asyncio.to_thread(discard, cow)
-        await asyncio.to_thread(discard, dest)
+        loops = self._loops(dest)
+        if await asyncio.to_thread(loops.exists):
+            for device in (await asyncio.to_thread(loops.read_text)).split():
+                if await asyncio.to_thread(_exists, Path(device)):
+                    await run("losetup", "-d", device)
+        for path in (self._cow(dest), loops, dest):
+            await asyncio.to_thread(discard, path)
 
     async def usage(self, dest: Path) -> DiskUsage:
         status = (await run("dmsetup", "status", self._name(dest))).split()
