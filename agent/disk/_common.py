@@ -25,13 +25,13 @@ async def run(*argv: str, stdin: str | None = None) -> str:
     return out.decode()
 
 
-def check_inputs(base: Path, size_bytes: int) -> int:
-    """The base's size, after checking it exists and `size_bytes` is not below it."""
+def check_inputs(base: Path, size_bytes: int | None) -> int:
+    """The base's file size, after checking it exists and `size_bytes` (unless None) is not below it."""
     try:
         base_size = base.stat().st_size
     except FileNotFoundError as exc:
         raise BaseImageMissing(f"base image {base} does not exist") from exc
-    if size_bytes < base_size:
+    if size_bytes is not None and size_bytes < base_size:
         raise InvalidDiskSize(f"disk size {size_bytes} is below the base image's {base_size} bytes")
     return base_size
 

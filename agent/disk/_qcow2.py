@@ -13,13 +13,13 @@ import os
 from pathlib import Path
 
 from wrenn.agent.disk._common import allocated, check_inputs, discard, run, temporary
-from wrenn.agent.disk._errors import DiskCommandFailed
+from wrenn.agent.disk._errors import DiskCommandFailed, InvalidDiskSize
 from wrenn.agent.disk._interface import DiskUsage, Layer
 from wrenn.agent.vmm import DiskFormat
 
 
-async def _info(path: Path) -> dict[str, object]:
-    out = await run("qemu-img", "info", "-U", "--output=json", "-f", "qcow2", str(path))
+async def _info(path: Path, fmt: str = "qcow2") -> dict[str, object]:
+    out = await run("qemu-img", "info", "-U", "--output=json", "-f", fmt, str(path))
     try:
         info = json.loads(out)
     except ValueError as exc:
@@ -32,9 +32,17 @@ class Qcow2Backend:
     name = "qcow2"
     format = DiskFormat.QCOW2
 
-    async def create(self, base: Path, dest: Path, size_bytes: int) -> Layer:
+    async def create(
+        self, base: Path, dest: Path, size_bytes: int, *, base_format: DiskFormat = DiskFormat.RAW
+    ) -> Layer:
+        """`DiskBackend.create`; beyond the interface, the base may itself be qcow2 (a paused sandbox's frozen disk,
+        which clones then stack on), its size then being its virtual size."""
         base = await asyncio.to_thread(base.resolve)
-        check_inputs(base, size_bytes)
+        check_inputs(base, size_bytes if base_format is DiskFormat.RAW else None)
+        if base_format is not DiskFormat.RAW:
+            virtual = (await _info(base, base_format.value)).get("virtual-size")
+            if not isinstance(virtual, int) or size_bytes < virtual:
+                raise InvalidDiskSize(f"disk size {size_bytes} is below the base image's {virtual} bytes")
         if await asyncio.to_thread(dest.exists):
             info = await _info(dest)
             if info.get("virtual-size") == size_bytes and info.get("backing-filename") == str(base):
@@ -45,7 +53,17 @@ class Qcow2Backend:
         await asyncio.to_thread(discard, tmp)
         try:
             await run(
-                "qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", "raw", str(tmp), str(size_bytes)
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                str(base),
+                "-F",
+                base_format.value,
+                str(tmp),
+                str(size_bytes),
             )
             await asyncio.to_thread(os.replace, tmp, dest)
         except BaseException:

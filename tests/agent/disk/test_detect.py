@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,17 +14,17 @@ from tests.agent.disk.conftest import MiB, make_base, xfs_mount
 from wrenn.agent.disk import (
     BackendUnsupported,
     DmSnapshotBackend,
+    InvalidDiskSize,
     Qcow2Backend,
     ReflinkBackend,
     detect_backend,
 )
+from wrenn.agent.vmm import DiskFormat
 
 HAS_DM = Path("/dev/mapper/control").exists()
 
 
 def _reflinks(path: Path) -> bool:
-    import subprocess
-
     src, dst = path / "probe-src", path / "probe-dst"
     src.write_bytes(b"x" * 4096)
     ok = subprocess.run(["cp", "--reflink=always", str(src), str(dst)], capture_output=True).returncode == 0
@@ -65,3 +68,25 @@ async def test_dm_snapshot_refuses_without_device_mapper(tmp_path: Path) -> None
     make_base(tmp_path / "base.raw")
     with pytest.raises(BackendUnsupported, match="/dev/mapper/control"):
         await DmSnapshotBackend().create(tmp_path / "base.raw", tmp_path / "a.raw", 64 * MiB)
+
+
+async def test_qcow2_layer_over_a_qcow2_base(tmp_path: Path) -> None:
+    """A paused sandbox's frozen disk is qcow2; its clones stack a qcow2 layer on it (beyond the interface)."""
+    make_base(tmp_path / "base.raw")
+    backend = Qcow2Backend()
+    frozen = await backend.create(tmp_path / "base.raw", tmp_path / "frozen.qcow2", 64 * MiB)
+    with pytest.raises(InvalidDiskSize):
+        await backend.create(frozen.path, tmp_path / "clone.qcow2", 48 * MiB, base_format=DiskFormat.QCOW2)
+    clone = await backend.create(frozen.path, tmp_path / "clone.qcow2", 128 * MiB, base_format=DiskFormat.QCOW2)
+    info = await asyncio.to_thread(
+        subprocess.run,
+        ["qemu-img", "info", "-U", "--output=json", str(clone.path)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    parsed = json.loads(info.stdout)
+    assert parsed["virtual-size"] == 128 * MiB
+    assert parsed["backing-filename-format"] == "qcow2"
+    await backend.remove(clone.path)
+    await backend.remove(frozen.path)
