@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     host_heartbeat_interval_s: int = Field(default=10, ge=1, description="how often agents send heartbeats")
     host_heartbeat_ttl_s: float = Field(default=60.0, gt=0, description="a host silent this long gets no sandboxes")
     reconcile_interval_s: float = Field(default=30.0, gt=0, description="how often the DB is checked against agents")
+    ca_dir: Path | None = Field(
+        default=None,
+        description="internal CA (wrenn.provision.ca): agents get certificates at registration, calls use mutual TLS",
+    )
     agent_ca_file: Path | None = Field(default=None, description="internal CA: call agents over mutual TLS")
     agent_cert_file: Path | None = Field(default=None, description="the API's client certificate for agents")
     agent_key_file: Path | None = Field(default=None, description="the API's client key for agents")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import falcon.asgi
@@ -16,6 +17,13 @@ from wrenn.api.hosts._directory import HostDirectory
 from wrenn.api.hosts._records import HostRecord, HostState, set_state
 from wrenn.api.hosts._routes import operations
 from wrenn.api.hosts._service import HostService
+from wrenn.provision.ca import (
+    CertificateAuthority,
+    CertificateRenewer,
+    IssuedCertificate,
+    ReloadingClientContext,
+    TLSFiles,
+)
 
 __all__ = [
     "AgentClient",
@@ -48,5 +56,30 @@ def register(app: falcon.asgi.App[Any, Any], deps: Deps) -> None:
         deps.store, deps.clock, deps.ids, heartbeat_interval_s=deps.settings.host_heartbeat_interval_s
     )
     deps.extras["hosts"] = service
-    directory_of(deps)
+    directory = directory_of(deps)
     deps.routes.add(*operations(service))
+    ca_dir = deps.settings.ca_dir
+    if ca_dir is None:
+        return
+
+    async def start_mutual_tls() -> None:
+        """With an internal CA: sign agents' CSRs at registration, and call agents with a client certificate the
+        CA issues (renewed in the background, reloaded in place)."""
+        ca = await asyncio.to_thread(CertificateAuthority.load, ca_dir)
+        service.use_ca(ca)
+        files = TLSFiles(
+            ca.ca_file, deps.settings.data_dir / "api-client.pem", deps.settings.data_dir / "api-client.key"
+        )
+        files.cert_file.parent.mkdir(parents=True, exist_ok=True)
+
+        async def issue() -> IssuedCertificate:
+            return await asyncio.to_thread(ca.issue_client, "wrenn-api")
+
+        renewer = CertificateRenewer(issue=issue, cert_file=files.cert_file, key_file=files.key_file, clock=deps.clock)
+        await renewer.__aenter__()
+        deps.on_shutdown(renewer.aclose)
+        context = ReloadingClientContext(files)
+        renewer.on_renewed = lambda _cert: context.reload()
+        directory.use_ssl_context(context.context)
+
+    deps.on_startup(start_mutual_tls)

@@ -43,15 +43,21 @@ class AgentClient:
         base_url: str,
         *,
         tls: AgentTls | None = None,
+        ssl_context: ssl.SSLContext | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         create_timeout_s: float = 120.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._create_timeout_s = create_timeout_s
+        verify: ssl.SSLContext | bool = True
+        if ssl_context is not None:
+            verify = ssl_context
+        elif tls is not None:
+            verify = tls.context()
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             transport=transport,
-            verify=tls.context() if tls is not None else True,
+            verify=verify,
             timeout=httpx.Timeout(30.0, connect=5.0),
         )
 

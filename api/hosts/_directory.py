@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from types import TracebackType
 from typing import Self
 
@@ -19,6 +20,7 @@ class HostDirectory:
     ) -> None:
         self._store = store
         self._tls = tls
+        self._ssl_context: ssl.SSLContext | None = None
         self._transport = transport
         self._clients: dict[str, AgentClient] = {}
         self._stale: list[AgentClient] = []
@@ -37,11 +39,17 @@ class HostDirectory:
         for client in clients:
             await client.aclose()
 
+    def use_ssl_context(self, context: ssl.SSLContext) -> None:
+        """Call agents with this (reloading) mutual-TLS context from now on; clients made before are replaced."""
+        self._ssl_context = context
+        self._stale.extend(self._clients.values())
+        self._clients = {}
+
     def client_for(self, host_id: str, address: str) -> AgentClient:
         client = self._clients.get(host_id)
         if client is not None and client.base_url == address.rstrip("/"):
             return client
-        client = AgentClient(address, tls=self._tls, transport=self._transport)
+        client = AgentClient(address, tls=self._tls, ssl_context=self._ssl_context, transport=self._transport)
         old = self._clients.pop(host_id, None)
         self._clients[host_id] = client
         if old is not None:

@@ -12,18 +12,33 @@ from wrenn.api.clock import Clock, Ids
 from wrenn.api.hosts import _records as records
 from wrenn.api.hosts._records import HostRecord
 from wrenn.api.store import Store
-from wrenn.protocol.errors import Unauthenticated
+from wrenn.protocol.errors import Invalid, Unauthenticated
 from wrenn.protocol.hosts import HostInfo, HostToken, RegisteredHost, RegisterHost
+from wrenn.provision import CertificateRequestError
+from wrenn.provision.ca import CertificateAuthority, certificates_for_registration
 
 _log = structlog.get_logger("wrenn.api.hosts")
 
 
 class HostService:
-    def __init__(self, store: Store, clock: Clock, ids: Ids, *, heartbeat_interval_s: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        ids: Ids,
+        *,
+        heartbeat_interval_s: int,
+        ca: CertificateAuthority | None = None,
+    ) -> None:
+        self._ca = ca
         self._store = store
         self._clock = clock
         self._ids = ids
         self._interval = heartbeat_interval_s
+
+    def use_ca(self, ca: CertificateAuthority) -> None:
+        """Sign agents' certificate requests at registration with this CA (set by the app's start-up)."""
+        self._ca = ca
 
     async def create_token(self, *, created_by: uuid.UUID | None, ttl_s: int) -> HostToken:
         now = self._clock()
@@ -33,6 +48,11 @@ class HostService:
         return HostToken(token=token, expires_at=expires_at)
 
     async def register(self, body: RegisterHost) -> RegisteredHost:
+        try:
+            # signed before the token is consumed: a bad CSR must not burn a one-time token
+            certs = certificates_for_registration(self._ca, address=body.address, csr_pem=body.csr_pem)
+        except CertificateRequestError as exc:
+            raise Invalid(f"certificate request refused: {exc}") from exc
         now = self._clock()
         host_id = "host-" + self._ids.short(12)
         secret = secrets.token_hex(32)
@@ -43,7 +63,13 @@ class HostService:
                 conn, host_id=host_id, name=body.name, address=body.address, secret=secret, info=body.info, now=now
             )
         _log.info("host registered", host_id=host_id, address=body.address, name=body.name)
-        return RegisteredHost(host_id=host_id, host_secret=secret, heartbeat_interval_s=self._interval)
+        return RegisteredHost(
+            host_id=host_id,
+            host_secret=secret,
+            heartbeat_interval_s=self._interval,
+            certificate_pem=certs.certificate_pem,
+            ca_pem=certs.ca_pem,
+        )
 
     async def heartbeat(self, host_id: str, secret: str, info: HostInfo) -> None:
         if not await records.heartbeat(self._store, host_id, secret, info, self._clock()):
