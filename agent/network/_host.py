@@ -49,7 +49,7 @@ def apply_nft(rules: str, table: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             ["nft", "-f", "-"], stdin=read_end, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-    except OSError as exc:
+    except OSError as exc:  # pragma: no cover - nft missing or the pipe refused
         raise HostCommandFailed("nft -f", str(exc)) from exc
     finally:
         os.close(read_end)

@@ -104,12 +104,15 @@ class NetworkManager:
         return self.plan.slot(slot)
 
     async def setup(self, slot: int, *, egress: Egress = Egress.DENIED) -> SandboxNetwork:
-        """Make slot `slot`'s network (or repair it) and verify it; rolls back what it made when a step fails."""
+        """Make slot `slot`'s network (or repair it) and verify it. When a step fails on a slot that had nothing
+        before, what was made is rolled back; a slot that existed (a repair, a live sandbox) is left as it is."""
         addrs = self.plan.slot(slot)
+        was_empty = (await self.inspect(slot)).empty
         try:
             await asyncio.to_thread(self._setup, addrs, egress)
         except Exception:
-            await asyncio.shield(self.teardown(slot))
+            if was_empty:
+                await asyncio.shield(self.teardown(slot))
             raise
         return SandboxNetwork(
             slot=slot, netns=addrs.netns, host_link=addrs.host_link, address=addrs.address, egress=egress
@@ -185,8 +188,14 @@ class NetworkManager:
             in_ns.kill()
             in_ns.communicate()
             raise
-        _host.finish_nft(in_ns, addrs.nft_table, addrs.netns)
-        _host.finish_nft(in_root, addrs.nft_table, "the root namespace")
+        failures: list[HostCommandFailed] = []
+        for proc, where in ((in_ns, addrs.netns), (in_root, "the root namespace")):
+            try:  # wait for both, even when the first failed: no process or pipe left behind
+                _host.finish_nft(proc, addrs.nft_table, where)
+            except HostCommandFailed as exc:
+                failures.append(exc)
+        if failures:
+            raise failures[0]
         # Verified: links above (netlink, after creating them), tables by the transactions listing them back.
 
     def _teardown(self, addrs: SlotAddresses) -> None:

@@ -4,6 +4,7 @@ reach each other, setup repairs half-made slots, stale cleanup removes planted l
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import subprocess
@@ -13,7 +14,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tests.agent.network.conftest import host_names, sh
-from wrenn.agent.network import Egress, NetworkManager
+from wrenn.agent.network import Egress, HostCommandFailed, NetworkManager, SlotAddresses
 
 pytestmark = pytest.mark.root
 
@@ -229,3 +230,24 @@ async def test_host_reaches_any_guest_port_and_guest_cannot_reach_out(
         assert await connects(guest_a, "169.254.0.22", ns_port)
     finally:
         await sh("ip", "netns", "del", guest_a, check=False)
+
+
+async def test_failed_setup_rolls_back_only_what_it_made(manager: NetworkManager) -> None:
+    """A step failing (here: an nft table name the kernel refuses, after the links exist) removes a fresh slot
+    completely, but leaves an existing slot — maybe a running sandbox's — in place."""
+    prefix = manager.plan.prefix
+    await manager.setup(2)
+    broken = NetworkManager(dataclasses.replace(manager.plan))
+    original = broken.plan.slot
+
+    def bad_slot(slot: int) -> SlotAddresses:
+        return dataclasses.replace(original(slot), nft_table="bad table name")
+
+    object.__setattr__(broken.plan, "slot", bad_slot)
+    with pytest.raises(HostCommandFailed):
+        await broken.setup(2)
+    assert (await manager.inspect(2)).complete  # existing: untouched
+    with pytest.raises(HostCommandFailed):
+        await broken.setup(3)
+    assert f"{prefix}-ns-3" not in host_names(prefix)["netns"]
+    assert f"{prefix}-v3" not in host_names(prefix)["links"]
