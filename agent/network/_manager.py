@@ -1,8 +1,9 @@
 """`NetworkManager`: sets up and tears down the network of one slot, and removes what no slot should have.
 
 Every step measures, acts, verifies: `setup` on a slot that is fully set up changes nothing, on a half-set-up slot
-(an agent killed mid-create) completes it, and ends by checking the result (`inspect`). `teardown` of a slot that
-has nothing left is a no-op. The blocking work runs in a worker thread, one slot at a time per call.
+(an agent killed mid-create) completes it, and checks its result (links read back over netlink, each nft table
+listed back by its own transaction). `teardown` of a slot that has nothing left is a no-op. The blocking work runs
+in a worker thread, one slot at a time per call.
 """
 
 from __future__ import annotations
