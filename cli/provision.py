@@ -7,6 +7,7 @@ The CA commands print one word first — ``created``/``exists``, ``issued``/``va
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -65,7 +66,9 @@ def _register_host(commands: Any) -> None:
     host.add_argument("--agent-listen", default="0.0.0.0:5007", help="host:port the agent listens on")
     host.add_argument("--advertise-url", help="URL the control plane reaches the agent at (default from address)")
     host.add_argument("--admin-token", help="API admin token, to wait until the host is listed (GET /v1/hosts)")
-    host.add_argument("--extra-var", "-e", action="append", default=[], help="extra ansible variable key=value")
+    host.add_argument(
+        "--extra-var", "-e", action="append", default=[], help="extra ansible variable: key=value or a JSON object"
+    )
     host.add_argument("--check-only", action="store_true", help="only check the remote facts")
     host.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the agent to report in")
     host.set_defaults(handler=_host)
@@ -162,8 +165,15 @@ def _host(args: argparse.Namespace) -> int:
     from wrenn.provision import ProvisionError
     from wrenn.provision.onboard import OnboardOptions, onboard_host
 
-    extra: dict[str, str] = {}
+    extra: dict[str, object] = {}
     for item in args.extra_var:
+        if item.lstrip().startswith("{"):
+            try:
+                extra |= json.loads(item)
+            except ValueError as exc:
+                print(f"wrenn provision host: --extra-var is not a JSON object: {exc}", file=sys.stderr)
+                return 2
+            continue
         key, sep, value = item.partition("=")
         if not sep:
             print(f"wrenn provision host: --extra-var wants key=value, got {item!r}", file=sys.stderr)

@@ -9,7 +9,13 @@
 from __future__ import annotations
 
 from wrenn.provision.onboard._facts import FACTS_SCRIPT, RemoteFacts
-from wrenn.provision.onboard._onboard import OnboardOptions, OnboardResult, check_host, onboard_host
+from wrenn.provision.onboard._onboard import (
+    OnboardOptions,
+    OnboardResult,
+    check_host,
+    onboard_host,
+    onboard_inventory,
+)
 from wrenn.provision.onboard._playbook import PlaybookResult, parse_recap, repo_root, run_playbook
 from wrenn.provision.onboard._ssh import CommandResult, RemoteShell, open_ssh
 from wrenn.provision.onboard._target import SSHTarget
@@ -25,6 +31,7 @@ __all__ = [
     "SSHTarget",
     "check_host",
     "onboard_host",
+    "onboard_inventory",
     "open_ssh",
     "parse_recap",
     "repo_root",

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,7 +30,7 @@ from wrenn.provision.onboard._playbook import PlaybookResult, run_playbook
 from wrenn.provision.onboard._ssh import RemoteShell, open_ssh
 from wrenn.provision.onboard._target import SSHTarget
 
-__all__ = ["OnboardOptions", "OnboardResult", "check_host", "onboard_host"]
+__all__ = ["OnboardOptions", "OnboardResult", "check_host", "onboard_host", "onboard_inventory"]
 
 Progress = Callable[[str], None]
 ShellFactory = Callable[["OnboardOptions"], AbstractContextManager[RemoteShell]]
@@ -49,7 +50,7 @@ class OnboardOptions(BaseModel):
     advertise_url: str | None = None
     admin_token: str | None = None
     data_dir: str = "/var/lib/wrenn"
-    extra_vars: dict[str, str] = Field(default_factory=dict)
+    extra_vars: dict[str, Any] = Field(default_factory=dict)
     check_only: bool = False
     timeout_s: float = 600.0
     poll_s: float = 1.0
@@ -59,7 +60,7 @@ class OnboardOptions(BaseModel):
         return SSHTarget.parse(self.target)
 
     def agent_data_dir(self) -> str:
-        return self.extra_vars.get("wrenn_data_dir", self.data_dir) + "/agent"
+        return f"{self.extra_vars.get('wrenn_data_dir', self.data_dir)}/agent"
 
 
 class OnboardResult(BaseModel):
@@ -87,7 +88,8 @@ def check_host(shell: RemoteShell, target: SSHTarget) -> RemoteFacts:
     return facts
 
 
-def _inventory(options: OnboardOptions, facts: RemoteFacts) -> dict[str, object]:
+def onboard_inventory(options: OnboardOptions, facts: RemoteFacts) -> dict[str, object]:
+    """The one-host inventory (group ``agents``) the onboarding playbook runs with; reusable for upgrade-agents.yml."""
     target = options.ssh_target
     name = options.name or facts.hostname or target.host
     ssh_args = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=15"]
@@ -174,7 +176,7 @@ def onboard_host(
         with tempfile.TemporaryDirectory(prefix="wrenn-onboard-") as workdir:
             played = playbook_runner(
                 "onboard-host.yml",
-                inventory=_inventory(options, facts),
+                inventory=onboard_inventory(options, facts),
                 extra_vars=extra_vars,
                 workdir=Path(workdir),
             )

@@ -21,7 +21,15 @@ import pytest
 
 from tests.ansible.conftest import Node, free_port
 from tests.ansible.sshhost import SSHHost, ssh_host
-from wrenn.provision.onboard import OnboardOptions, check_host, open_ssh, repo_root, run_playbook
+from wrenn.provision.onboard import (
+    OnboardOptions,
+    RemoteFacts,
+    check_host,
+    onboard_inventory,
+    open_ssh,
+    repo_root,
+    run_playbook,
+)
 
 pytestmark = [pytest.mark.ansible, pytest.mark.root, pytest.mark.slow, pytest.mark.postgres]
 
@@ -37,13 +45,16 @@ def remote(tmp_path: Path) -> Iterator[SSHHost]:
         pytest.skip(str(exc))
 
 
-def _admin_session(node: Node, api: str) -> str:
-    log = Path(node.vars["wrenn_log_dir"]) / f"{node.name}-api.log"
-    match = re.search(r"created admin \S+ \(password: (\S+)\)", log.read_text())
-    assert match, log.read_text()[-2000:]
+def _admin_session(node: Node, api: str) -> tuple[str, str]:
+    """A session token of the bootstrapped admin, and the team API key printed next to it."""
+    log = (Path(node.vars["wrenn_log_dir"]) / f"{node.name}-api.log").read_text()
+    match = re.search(r"created admin \S+ \(password: (\S+)\)", log)
+    key = re.search(r"E2B_API_KEY=(\S+)", log)
+    assert match, log[-2000:]
+    assert key, log[-2000:]
     r = httpx.post(f"{api}/v1/auth/login", json={"email": _ADMIN, "password": match.group(1)}, timeout=10)
     r.raise_for_status()
-    return str(r.json()["token"])
+    return str(r.json()["token"]), key.group(1)
 
 
 def test_fact_check_over_real_ssh(remote: SSHHost) -> None:
@@ -76,7 +87,11 @@ def test_unknown_host_key_is_refused(remote: SSHHost, tmp_path: Path) -> None:
         pass
 
 
-def test_onboard_host_registers_with_the_control_plane(node: Node, remote: SSHHost) -> None:
+@pytest.mark.vm
+@pytest.mark.sdk
+def test_onboard_host_registers_runs_a_sandbox_and_survives_an_upgrade(
+    node: Node, remote: SSHHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
     api_listen = f"{remote.gateway}:{free_port()}"
     api = f"http://{api_listen}"
     node.vars |= {
@@ -89,16 +104,22 @@ def test_onboard_host_registers_with_the_control_plane(node: Node, remote: SSHHo
     run_playbook(
         "control-plane.yml", inventory=repo_root() / "inventories" / "local", extra_vars=node.vars, workdir=workdir
     )
-    session = _admin_session(node, api)
+    session, api_key = _admin_session(node, api)
     token = httpx.post(
         f"{api}/v1/hosts/tokens", json={"ttl_s": 600}, headers={"Authorization": f"Bearer {session}"}, timeout=10
     )
     assert token.status_code == 201, token.text
 
+    # The namespace has no route to a Debian mirror: the guest image is built (or found cached) out here first;
+    # the rootfs role inside then finds it in the shared cache.
+    subprocess.run([node.vars["wrenn_bin"], "image", "build", "base"], check=True, capture_output=True, timeout=1800)
+
     agent_port = free_port()
     agent_vars = {k: v for k, v in node.vars.items() if k.startswith(("wrenn_", "kvm_host_")) and "listen" not in k}
-    # The namespace shares this machine's filesystem: the agent runs from this checkout's venv.
-    agent_vars |= {"wrenn_agent_driver": "fake", "wrenn_install_method": "existing"}
+    # The namespace shares this machine's filesystem: the agent runs from this checkout's venv, and boots real VMs
+    # (TCG) with its own resource prefix so nothing it creates collides with another agent on this machine.
+    agent_vars |= {"wrenn_agent_driver": "qemu", "wrenn_install_method": "existing"}
+    prefix = "wp" + node.name[-4:]
     command = [
         sys.executable,
         "-m",
@@ -127,6 +148,7 @@ def test_onboard_host_registers_with_the_control_plane(node: Node, remote: SSHHo
     ]
     for key, value in agent_vars.items():
         command += ["-e", f"{key}={value}"]
+    command += ["-e", json.dumps({"wrenn_agent_extra_env": {"WRENN_AGENT_RESOURCE_PREFIX": prefix}})]
     started = time.monotonic()
     proc = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -140,3 +162,45 @@ def test_onboard_host_registers_with_the_control_plane(node: Node, remote: SSHHo
     (ours,) = [h for h in hosts if h["id"] == result["host_id"]]
     assert ours["name"] == "ns-host"
     assert ours["address"] == f"http://{remote.address}:{agent_port}"
+
+    # The onboarded host runs a sandbox for the official SDK (the control plane schedules on its only host).
+    from e2b import Sandbox
+
+    monkeypatch.setenv("E2B_API_URL", api)
+    monkeypatch.setenv("E2B_API_KEY", api_key)
+    monkeypatch.delenv("E2B_DEBUG", raising=False)
+    sandbox = Sandbox.create("base", timeout=600)
+    try:
+        assert sandbox.is_running()
+
+        # Rolling upgrade: the agent restarts, the sandbox keeps running and the agent keeps its identity.
+        options = OnboardOptions(
+            target=f"root@{remote.address}",
+            api_url=api,
+            token="used",
+            identity=remote.identity,
+            known_hosts=remote.known_hosts,
+            name="ns-host",
+        )
+        facts = RemoteFacts(python3="/usr/bin/python3", hostname="ns-host")
+        upgrade_vars = dict(agent_vars) | {
+            "wrenn_api_url": api,
+            "wrenn_agent_listen": f"0.0.0.0:{agent_port}",
+            "wrenn_agent_advertise_url": f"http://{remote.address}:{agent_port}",
+            "wrenn_agent_extra_env": {"WRENN_AGENT_RESOURCE_PREFIX": prefix},
+        }
+        upgrade_dir = node.root / "upgrade"
+        upgrade_dir.mkdir()
+        upgraded = run_playbook(
+            "upgrade-agents.yml",
+            inventory=onboard_inventory(options, facts),
+            extra_vars=upgrade_vars,
+            workdir=upgrade_dir,
+        )
+        assert upgraded.recap["ns-host"]["failed"] == 0
+        assert upgraded.changed > 0  # the agent was restarted
+        assert sandbox.is_running()
+        hosts_after = httpx.get(f"{api}/v1/hosts", headers={"Authorization": f"Bearer {session}"}, timeout=10).json()
+        assert [h["id"] for h in hosts_after] == [result["host_id"]]  # no second registration
+    finally:
+        assert sandbox.kill()
