@@ -20,9 +20,10 @@ import hmac
 import json
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qsl, unquote
 
 import httpx
@@ -126,6 +127,7 @@ class SandboxService:
         self._stop_listeners: list[Callable[[str], object]] = []
         self._start_listeners: list[Callable[[ProxyTarget], object]] = []
         self._http: httpx.AsyncClient | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.resolve_snapshot: Callable[[uuid.UUID, str], Awaitable[tuple[str, int, int] | None]] = _no_snapshots
         self.lifecycle = PauseResume(
             store=store, hosts=hosts, clock=clock, on_paused=self._paused, on_resumed=self._resumed
@@ -142,7 +144,22 @@ class SandboxService:
     def register_jobs(self) -> None:
         self._queue.register(EXPIRE_JOB, self._expire_job)
 
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _queue_expiry(self, sandbox_id: str, end_at: datetime) -> None:
+        try:
+            await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=end_at)
+        except WrennError as exc:
+            _log.warning(
+                "expiry job not queued; the reconciler sweep will stop it", sandbox_id=sandbox_id, error=exc.message
+            )
+
     async def aclose(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._http is not None:
             await self._http.aclose()
             self._http = None
@@ -222,11 +239,11 @@ class SandboxService:
             allow_internet=internet,
         )
         try:
-            # The expiry job is queued while the agent works (it only acts on a running sandbox past its end).
-            info, _job = await asyncio.gather(
-                agent.create_sandbox(spec),
-                self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=rec.end_at),
-            )
+            # The expiry job is queued in the background, off the response path (its durable commit costs ~5 ms);
+            # it acts only on a running sandbox past its end, and should it be lost the reconciler's overdue
+            # sweep stops the sandbox instead.
+            self._background(self._queue_expiry(sandbox_id, rec.end_at))
+            info = await agent.create_sandbox(spec)
             running = await records.mark_running(self._store, sandbox_id, envd_address=info.envd_address)
             if running is None:
                 raise NotFound(f"sandbox '{sandbox_id}' was removed while it was created")
