@@ -55,7 +55,10 @@ class AgentSettings(BaseSettings):
     resource_prefix: str = Field(
         default="wrenn", pattern=r"^[a-z][a-z0-9]{0,7}$", description="prefix of namespaces, links and cgroups"
     )
-    transit_cidr: str = Field(default="10.213.0.0/16", description="host <-> sandbox namespace /30s come from here")
+    transit_cidr: str | None = Field(
+        default=None, description="host <-> sandbox namespace /30s come from here (default: the implementation's)"
+    )
+    resources: str = Field(default="hostres", pattern="^(hostres|local)$", description="host resource implementation")
 
     @property
     def sandboxes_dir(self) -> Path:
@@ -89,9 +92,14 @@ class AgentSettings(BaseSettings):
         return QemuDriver(data_dir=self.data_dir, binary=self.qemu_binary, accelerator=self.accelerator)
 
     def make_resources(self) -> HostResources:
-        from wrenn.agent._local_resources import LocalResources
+        if self.resources == "local":
+            from wrenn.agent._local_resources import LocalResources
 
-        return LocalResources(prefix=self.resource_prefix, transit=self.transit_cidr, max_slots=self.max_slots)
+            transit = self.transit_cidr or "10.213.0.0/16"
+            return LocalResources(prefix=self.resource_prefix, transit=transit, max_slots=self.max_slots)
+        from wrenn.agent._hostres import HostresResources
+
+        return HostresResources(prefix=self.resource_prefix, transit=self.transit_cidr)
 
     def make_images(self) -> ImageSource:
         from wrenn.agent._images import BuiltImages, StaticImages

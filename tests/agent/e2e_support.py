@@ -147,13 +147,14 @@ class Census:
 
     namespaces: frozenset[str]
     links: frozenset[str]
+    nft_tables: frozenset[str]
     cgroups: frozenset[str]
     processes: int
     sandbox_files: int
 
     def diff(self, other: Census) -> dict[str, object]:
         out: dict[str, object] = {}
-        for name in ("namespaces", "links", "cgroups"):
+        for name in ("namespaces", "links", "nft_tables", "cgroups"):
             before, after = getattr(self, name), getattr(other, name)
             if before != after:
                 out[name] = {"new": sorted(after - before), "gone": sorted(before - after)}
@@ -164,8 +165,8 @@ class Census:
 
 
 def census(data_dir: Path, prefix: str) -> Census:
-    """Namespaces, host links and cgroups named with the agent's resource `prefix`, processes mentioning
-    `data_dir`, and files under its ``sandboxes/``."""
+    """Namespaces, host links, root-namespace nft tables and cgroups named with the agent's resource `prefix`,
+    processes mentioning `data_dir`, and files under its ``sandboxes/``."""
     wrenn = re.compile(rf"^{re.escape(prefix)}")
     ns = subprocess.run(["ip", "netns", "list"], check=True, capture_output=True, text=True).stdout
     namespaces = frozenset(line.split()[0] for line in ns.splitlines() if line and wrenn.match(line.split()[0]))
@@ -175,6 +176,8 @@ def census(data_dir: Path, prefix: str) -> Census:
         for line in links_out.splitlines()
         if (name := line.split(":")[1].strip().split("@")[0]) and wrenn.match(name)
     )
+    tables_out = subprocess.run(["nft", "list", "tables"], check=True, capture_output=True, text=True).stdout
+    tables = frozenset(t for line in tables_out.splitlines() if wrenn.match(t := line.split()[-1]))
     cgroups: set[str] = set()
     for controller in Path("/sys/fs/cgroup").iterdir():
         if not controller.is_dir():
@@ -186,6 +189,7 @@ def census(data_dir: Path, prefix: str) -> Census:
     return Census(
         namespaces=namespaces,
         links=links,
+        nft_tables=tables,
         cgroups=frozenset(cgroups),
         processes=len(processes_mentioning(str(data_dir) + "/")),
         sandbox_files=files,

@@ -38,7 +38,7 @@ from wrenn.protocol.agent import CreateSandbox, SandboxInfo, SandboxState
 pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
 
 TOKEN = "e2e-access-token"
-TRANSIT = f"10.{200 + secrets.randbelow(50)}.0.0/16"
+TRANSIT = f"10.{220 + secrets.randbelow(30)}.0.0/16"  # clear of the defaults (10.201, 10.213) and the bench
 
 
 def sid(prefix: str, n: int) -> str:
@@ -184,7 +184,7 @@ class AgentProcess:
             "WRENN_AGENT_ENVD_READY_LIMIT": "240",
             "WRENN_AGENT_RESTORE_READY_LIMIT": "120",
             "WRENN_AGENT_RESOURCE_PREFIX": self.settings.resource_prefix,
-            "WRENN_AGENT_TRANSIT_CIDR": self.settings.transit_cidr,
+            "WRENN_AGENT_TRANSIT_CIDR": str(self.settings.transit_cidr),
         }
         argv = [sys.executable, "-m", "wrenn.cli", "agent", "--data-dir", str(self.settings.data_dir)]
         with self.log.open("ab") as log:
