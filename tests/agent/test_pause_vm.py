@@ -8,18 +8,20 @@ sandbox resumable or explicitly failed — never gone. Needs root, QEMU and the 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import shutil
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.agent.e2e_support import read_file, run_command, write_file
+from tests.agent.e2e_support import guest_image, read_file, run_command, write_file
 from tests.agent.test_e2e import (  # noqa: F401 - fixtures
     TOKEN,
     AgentProcess,
     data_dir,
-    image,
     manager,
     prefix,
     settings,
@@ -31,6 +33,35 @@ from wrenn.agent.pause import PAUSE_DIR, PAUSE_FILE
 from wrenn.protocol.agent import CreateSandbox, SandboxInfo, SandboxState
 
 pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def image(data_dir: Path) -> tuple[AgentImage, bool]:
+    """The built `base` image; when its sources changed since the last build (another engineer is rebuilding it),
+    a copy of the newest build in the cache, so these tests do not depend on the image being current."""
+    found, has_envd = guest_image()
+    if has_envd:
+        return found, True
+    cache = Path(os.environ.get("WRENN_IMAGE_CACHE", "/var/cache/wrenn/images")) / "base"
+    builds = sorted((d for d in cache.glob("*") if (d / "manifest.json").is_file()), key=lambda d: d.stat().st_mtime)
+    if not builds:
+        return found, False
+    manifest = json.loads((builds[-1] / "manifest.json").read_text())
+    into = data_dir / "image"
+    into.mkdir(exist_ok=True)
+    files = {name: Path(shutil.copy2(builds[-1] / manifest[name], into)) for name in ("kernel", "initrd", "rootfs")}
+    return (
+        AgentImage(
+            template="base",
+            kernel=files["kernel"],
+            initrd=files["initrd"],
+            rootfs=files["rootfs"],
+            kernel_cmdline=manifest["kernel_cmdline"],
+            key=manifest["key"],
+        ),
+        True,
+    )
+
 
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /dev/shm/counter; sleep 0.1; done"
 
@@ -171,3 +202,39 @@ async def test_sigkill_of_the_agent_mid_pause_then_restart(
             assert (await client.delete(f"/v1/sandboxes/{sandbox_id}")).status_code == 204
     finally:
         agent.stop()
+
+
+async def test_snapshot_of_a_running_sandbox_starts_independent_clones(
+    manager: SandboxManager, image: tuple[AgentImage, bool]
+) -> None:
+    needs_envd(image)
+    source = await manager.create(CreateSandbox(sandbox_id=sid("p", 4), template="base", envd_access_token=TOKEN))
+    clones: list[str] = []
+    try:
+        await start_counter(source.envd_address)
+        await write_file(source.envd_address, "/home/user/snap.txt", b"from the snapshot\n", TOKEN)
+        before = await counter_moves(source.envd_address, 0)
+        await manager.snapshot(source.sandbox_id, "vmsnapone")
+        assert manager.get(source.sandbox_id).state is SandboxState.RUNNING
+        await counter_moves(source.envd_address, before)  # the source keeps running
+        for n in (5, 6):
+            request = CreateSandbox(sandbox_id=sid("p", n), template="vmsnapone", envd_access_token=TOKEN)
+            clone = await manager.create(request)
+            clones.append(clone.sandbox_id)
+            assert await read_file(clone.envd_address, "/home/user/snap.txt", TOKEN) == b"from the snapshot\n"
+            start = await counter(clone.envd_address)
+            assert start >= before, "the clone continues the snapshot's counter process"
+            await counter_moves(clone.envd_address, start)
+            await write_file(clone.envd_address, f"/home/user/clone{n}.txt", b"mine\n", TOKEN)
+        out, _ = await run_command(source.envd_address, "/bin/sh", ["-c", "ls /home/user"], TOKEN)
+        assert "clone" not in out, "clones are independent of their source"
+        first = manager.get(clones[0]).envd_address
+        out, _ = await run_command(first, "/bin/sh", ["-c", "ls /home/user"], TOKEN)
+        assert "clone5.txt" in out
+        assert "clone6.txt" not in out, "clones are independent of each other"
+    finally:
+        for clone_id in clones:
+            await manager.destroy(clone_id)
+        await manager.destroy(source.sandbox_id)
+    await manager.delete_snapshot("vmsnapone")
+    assert manager.list_snapshots() == []

@@ -169,3 +169,37 @@ def test_on_timeout_pause_pauses_instead_of_killing(e2b_env: Up) -> None:
         assert detail(e2b_env, sbx.sandbox_id)["state"] == "running"
     finally:
         sbx.kill()
+
+
+def test_snapshot_create_list_start_from_and_delete(e2b_env: Up) -> None:
+    sbx = Sandbox.create("base", timeout=300)
+    clone: Sandbox | None = None
+    try:
+        sbx.commands.run(COUNTER, background=True)
+        sbx.files.write("/home/user/snap.txt", "from the snapshot")
+        counter_moves(sbx, 0)
+        snap = sbx.create_snapshot("e2e-snap")
+        assert snap.names == ["e2e-snap"]
+        assert sbx.commands.run("echo alive").stdout.strip() == "alive", "the source keeps running"
+        listed = sbx.list_snapshots().next_items()
+        assert [s.snapshot_id for s in listed] == [snap.snapshot_id]
+        assert [s.snapshot_id for s in Sandbox.list_snapshots(name="e2e-snap").next_items()] == [snap.snapshot_id]
+
+        clone = Sandbox.create(snap.snapshot_id, timeout=300)
+        assert clone.sandbox_id != sbx.sandbox_id
+        assert clone.files.read("/home/user/snap.txt") == "from the snapshot"
+        counter_moves(clone, counter(clone))  # the snapshot's process runs on in the new sandbox
+        clone.files.write("/home/user/only-in-clone.txt", "clone")
+        assert not sbx.files.exists("/home/user/only-in-clone.txt"), "a clone is independent of its source"
+
+        with pytest.raises(Exception, match="409"):
+            Sandbox.delete_snapshot(snap.snapshot_id)  # a live sandbox still restores from it
+        assert clone.kill()
+        clone = None
+        assert Sandbox.delete_snapshot(snap.snapshot_id) is True
+        assert Sandbox.delete_snapshot(snap.snapshot_id) is False
+        assert sbx.list_snapshots().next_items() == []
+    finally:
+        if clone is not None:
+            clone.kill()
+        sbx.kill()
