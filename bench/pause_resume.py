@@ -1,7 +1,7 @@
 """Pause/resume benchmark through the host agent (`SandboxManager.pause` / `.resume`) with real microVMs and envd.
 
 For each guest size (default 256 MiB and 1 GiB; ``--sizes 256,1024,4096`` adds 4 GiB) and each amount of dirtied
-guest memory (``little``: an idle guest; ``much``: half the guest's RAM written with non-zero bytes into tmpfs),
+guest memory (``little``: an idle guest; ``much``: 3/8 of the guest's RAM written with non-zero bytes into tmpfs),
 it times ``pause`` (QMP stop + migrate to the state file + disk freeze + VMM ended) and ``resume`` (a fresh VMM
 restored in the same namespace, to envd ``/health`` 204 and ``/init``), and reports the state file size. Then
 create-from-snapshot (a restore from the warm template) vs a cold boot, and the host memory (PSS) of sandboxes
