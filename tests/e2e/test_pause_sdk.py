@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2b import Sandbox, SandboxQuery, SandboxState
+from e2b import Sandbox, SandboxNotFoundException, SandboxQuery, SandboxState
 
 from tests.e2e.conftest import START_LIMIT_S, Up, _free_port, _kill_all, _skip_reason, wait_until
 
@@ -128,6 +128,13 @@ def test_pause_and_connect_resume_keep_processes_files_id_and_token(e2b_env: Up)
 
         assert sbx.pause() is True
         assert sbx.beta_pause() is False, "pausing a paused sandbox answers 409 -> False"
+        with pytest.raises(SandboxNotFoundException):
+            Sandbox.pause("unknown0000000000000")  # 404
+        with httpx.Client(base_url=e2b_env.url, headers={"X-API-KEY": e2b_env.api_key}) as raw:
+            legacy = raw.post(f"/sandboxes/{sbx.sandbox_id}/resume", json={"timeout": 300})
+            assert legacy.status_code == 201, legacy.text  # the legacy resume of e2b 2.0-2.5 and 1.x
+            assert raw.post(f"/sandboxes/{sbx.sandbox_id}/resume", json={}).status_code == 409  # already running
+            assert raw.post(f"/sandboxes/{sbx.sandbox_id}/pause").status_code == 204  # no body (older SDKs)
         assert detail(e2b_env, sbx.sandbox_id)["state"] == "paused"
         paused = Sandbox.list(query=SandboxQuery(state=[SandboxState.PAUSED], metadata={"e2e": "pause"})).next_items()
         assert [s.sandbox_id for s in paused] == [sbx.sandbox_id]
