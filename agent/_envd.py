@@ -41,15 +41,20 @@ class EnvdClient:
         except TimeoutError as exc:
             raise Unavailable(f"envd at {address} did not become healthy within {limit:.0f} s") from exc
 
-    async def init(self, address: str, *, env_vars: dict[str, str], access_token: str | None) -> None:
+    async def init(
+        self, address: str, *, env_vars: dict[str, str], access_token: str | None, current_token: str | None = None
+    ) -> None:
         """``POST /init``. A guest without the endpoint (404: a development guest, not envd) is accepted with a
-        warning; any other failure fails the create."""
+        warning; any other failure fails the create. `current_token` is the token the guest's envd already holds (a
+        restore from a sandbox's snapshot): envd lets only its holder change settings."""
         body: dict[str, object] = {"envVars": env_vars, "timestamp": datetime.now(UTC).isoformat()}
         if access_token is not None:
             body["accessToken"] = access_token
         # A fresh connection each time: clones reuse guest addresses, and a pooled keep-alive connection to an
         # earlier sandbox at the same address would be stale. /init is idempotent, so a transport error is retried.
         headers = {"Connection": "close"}
+        if current_token:
+            headers["X-Access-Token"] = current_token
         for attempt in range(INIT_ATTEMPTS):
             try:
                 response = await self._client.post(f"http://{address}/init", json=body, headers=headers)

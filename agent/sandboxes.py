@@ -308,7 +308,12 @@ class SandboxManager:
 
         # INIT makes no host state, so it is not written on its own: the RUNNING write right after records it.
         record.steps.append(Step.INIT)
-        await self._envd.init(lease.envd_address, env_vars=request.env_vars, access_token=request.envd_access_token)
+        await self._envd.init(
+            lease.envd_address,
+            env_vars=request.env_vars,
+            access_token=request.envd_access_token,
+            current_token=self._snapshots.guest_token(warm.key) if warm is not None else None,
+        )
 
     async def _begin(self, record: SandboxRecord, *steps: Step) -> None:
         record.steps.extend(steps)
@@ -348,6 +353,7 @@ class SandboxManager:
             template = source[0].template if source is not None else record.request.template
             request = record.request
             meta = new_meta(snapshot_id, template, sandbox_id, request.vcpus, request.memory_mb, request.disk_mb)
+            meta = meta.model_copy(update={"envd_token": request.envd_access_token})
             await self._pauser.pause(sandbox, memory=True)
             try:
                 pause = self._pauser.load(sandbox_id)
@@ -469,7 +475,7 @@ class SandboxManager:
 
 
 def _snapshot_info(meta: SnapshotMeta) -> SnapshotInfo:
-    return SnapshotInfo.model_validate(meta.model_dump())
+    return SnapshotInfo.model_validate(meta.model_dump(exclude={"envd_token"}))
 
 
 def _memory_mb_total() -> int:

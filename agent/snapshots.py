@@ -49,6 +49,7 @@ class SnapshotMeta(BaseModel):
     memory_mb: int
     disk_mb: int
     created_at: datetime
+    envd_token: str | None = Field(default=None, description="the token the snapshot's envd holds (clones' /init)")
 
 
 class SnapshotStore:
@@ -72,6 +73,13 @@ class SnapshotStore:
             return None
         warm = WarmSnapshot(key=KEY_PREFIX + snapshot_id, directory=directory / SNAPSHOT_DIR, disk=directory / DISK)
         return meta, warm
+
+    def guest_token(self, key: str) -> str | None:
+        """The envd token inside the snapshot a warm key names (None for templates and token-less snapshots)."""
+        if not key.startswith(KEY_PREFIX):
+            return None
+        found = self.find(key.removeprefix(KEY_PREFIX))
+        return found[0].envd_token if found is not None else None
 
     def list(self) -> list[SnapshotMeta]:
         if not self._root.is_dir():
