@@ -3,6 +3,8 @@
     POST   /sandboxes/{id}/snapshots  {"name"?}                    -> 201 SnapshotInfo (the sandbox keeps running)
     GET    /snapshots  ?sandboxID&name&limit&nextToken             -> 200 [SnapshotInfo] + X-Next-Token
     DELETE /templates/{id}                                         -> 204; 404 unknown; 409 while sandboxes use it
+    POST   /sandboxes/{id}/fork  {"count"?, "timeout"?}            -> 201 [{"sandbox"} | {"error"}]: a snapshot of
+                                                                      the sandbox, then `count` sandboxes from it
     POST   /sandboxes {"templateID": <snapshot id or name>}        -> a sandbox restored from the snapshot
 
 The host agent takes the snapshot (`wrenn.agent.snapshots`): its files stay on that host. `SandboxService.create`
@@ -28,11 +30,13 @@ from wrenn.api.deps import Deps
 from wrenn.api.hosts import HostDirectory, directory_of
 from wrenn.api.lifecycle import optional_body
 from wrenn.api.openapi import Access, Operation
-from wrenn.api.sandboxes import SandboxService, SandboxState, service_of
+from wrenn.api.sandboxes import NewSandbox, SandboxCreated, SandboxService, SandboxState, service_of
 from wrenn.api.store import Store
-from wrenn.protocol.errors import Invalid, NotFound
+from wrenn.protocol.errors import Invalid, NotFound, WrennError
 
 _TAGS = ("snapshots",)
+MAX_FORKS = 20
+"""Most sandboxes one fork call makes (the e2b SDK's own limit)."""
 
 
 class SnapshotRequest(BaseModel):
@@ -46,6 +50,25 @@ class SnapshotOut(BaseModel):
 
     snapshot_id: str = Field(serialization_alias="snapshotID")
     names: list[str]
+
+
+class ForkRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    count: int = Field(default=1, ge=1, le=MAX_FORKS)
+    timeout: int = Field(default=300, ge=0, le=86400)
+
+
+class ForkError(BaseModel):
+    code: int
+    message: str
+
+
+class ForkResult(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    sandbox: SandboxCreated | None = None
+    error: ForkError | None = None
 
 
 class SnapshotQuery(BaseModel):
@@ -112,6 +135,20 @@ class SnapshotService:
             ),
         )
         return SnapshotOut(snapshot_id=snapshot_id, names=names)
+
+    async def fork(self, team_id: uuid.UUID, sandbox_id: str, count: int, timeout_s: int) -> list[ForkResult]:
+        """Snapshot the sandbox (it keeps running), then start `count` sandboxes from the snapshot, one after
+        another (bounded load); each slot carries its sandbox or its error. The snapshot stays listed (named
+        ``fork-of-<id>``) so its forks keep a base; DELETE /templates/{id} removes it once they are gone."""
+        snapshot = await self.create(team_id, sandbox_id, f"fork-of-{sandbox_id}")
+        results: list[ForkResult] = []
+        for _ in range(count):
+            body = NewSandbox.model_validate({"templateID": snapshot.snapshot_id, "timeout": timeout_s})
+            try:
+                results.append(ForkResult(sandbox=await self._sandboxes.create(team_id, body)))
+            except WrennError as exc:
+                results.append(ForkResult(error=ForkError(code=exc.status, message=exc.message)))
+        return results
 
     async def list_page(self, team_id: uuid.UUID, query: SnapshotQuery) -> tuple[list[SnapshotOut], str | None]:
         sql = ["SELECT * FROM snapshots WHERE team_id = %(team)s"]
@@ -181,6 +218,14 @@ def operations(service: SnapshotService) -> list[Operation]:
             resp.set_header("X-Next-Token", token)
         return items
 
+    async def fork_sandbox(
+        req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str
+    ) -> list[dict[str, Any]]:
+        body = await optional_body(req, ForkRequest)
+        results = await service.fork(principal_of(req).require_team(), sandbox_id, body.count, body.timeout)
+        # Each slot has exactly one of sandbox/error: the SDK reads a present key as a value, null included.
+        return [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in results]
+
     async def delete_template(req: falcon.asgi.Request, resp: falcon.asgi.Response, template_id: str) -> None:
         await service.delete(principal_of(req).require_team(), template_id)
 
@@ -194,6 +239,17 @@ def operations(service: SnapshotService) -> list[Operation]:
             _TAGS,
             key,
             response=SnapshotOut,
+            status=201,
+            errors=(400, 401, 404, 409, 500),
+        ),
+        Operation(
+            "POST",
+            "/sandboxes/{sandbox_id}/fork",
+            fork_sandbox,
+            "Fork a running sandbox into `count` new sandboxes (through a snapshot; the source keeps running)",
+            _TAGS,
+            key,
+            response=list[ForkResult],
             status=201,
             errors=(400, 401, 404, 409, 500),
         ),

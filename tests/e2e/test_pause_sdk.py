@@ -210,3 +210,24 @@ def test_snapshot_create_list_start_from_and_delete(e2b_env: Up) -> None:
         if clone is not None:
             clone.kill()
         sbx.kill()
+
+
+def test_fork_gives_independent_sandboxes(e2b_env: Up) -> None:
+    sbx = Sandbox.create("base", timeout=300)
+    forks: list[Sandbox] = []
+    try:
+        sbx.files.write("/home/user/before-fork.txt", "shared past")
+        results = sbx.fork(count=2, timeout=120)
+        forks = [r for r in results if isinstance(r, Sandbox)]
+        assert len(forks) == 2, results
+        assert len({sbx.sandbox_id, *(f.sandbox_id for f in forks)}) == 3
+        for n, fork in enumerate(forks):
+            assert fork.files.read("/home/user/before-fork.txt") == "shared past"
+            fork.files.write("/home/user/mine.txt", f"fork {n}")
+        assert [f.files.read("/home/user/mine.txt") for f in forks] == ["fork 0", "fork 1"]
+        assert not sbx.files.exists("/home/user/mine.txt"), "forks are independent of their source"
+        assert sbx.commands.run("echo alive").stdout.strip() == "alive"
+    finally:
+        for fork in forks:
+            fork.kill()
+        sbx.kill()
