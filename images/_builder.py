@@ -63,7 +63,9 @@ def source_key_of(name: str, templates: Path | None = None, _chain: tuple[str, .
     base_key = ""
     if template.base != DEBIAN_BASE:
         base_key = source_key_of(template.base, templates, (*_chain, template.name))
-    guest = _kernel.guest_inputs_digest(_rootfs.guest_init_source())
+    # The command lines are inputs too: a changed one must not hide behind a cached manifest.
+    cmdlines = f"{_microvm_kernel.CMDLINE}\n{ROOT_CMDLINE}\n{_kernel.GUEST_INIT_PATH}".encode()
+    guest = _kernel.guest_inputs_digest(_rootfs.guest_init_source() + cmdlines)
     return _keys.source_key(template, folder, base_source_key=base_key, guest_inputs=guest)
 
 
