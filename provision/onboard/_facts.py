@@ -21,7 +21,10 @@ if [ -e /dev/kvm ]; then echo "dev_kvm=1"; else echo "dev_kvm=0"; fi
 if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then echo "dev_kvm_rw=1"; else echo "dev_kvm_rw=0"; fi
 c2=/sys/fs/cgroup/cgroup.controllers
 if [ -f "$c2" ]; then echo "cgroup2_controllers=$(cat "$c2")"; fi
-echo "cgroup1_controllers=$(awk 'NR > 1 && $4 == 1 { printf "%s ", $1 }' /proc/cgroups 2>/dev/null)"
+# v1: a controller counts only when its hierarchy is mounted where the agent looks for it.
+printf 'cgroup1_controllers='
+for c in cpu memory pids cpuset freezer; do [ -f "/sys/fs/cgroup/$c/tasks" ] && printf '%s ' "$c"; done
+echo
 if [ -d /run/systemd/system ]; then echo "systemd=1"; else echo "systemd=0"; fi
 if command -v python3 >/dev/null 2>&1; then echo "python3=$(command -v python3)"; fi
 echo "mem_kb=$(awk '/^MemTotal:/ { print $2 }' /proc/meminfo)"

@@ -104,7 +104,11 @@ def ssh_host(workdir: Path) -> Iterator[SSHHost]:
         _ip("-n", netns, "addr", "add", f"{address}/30", "dev", ns_if)
         _ip("-n", netns, "link", "set", ns_if, "up")
         _ip("-n", netns, "link", "set", "lo", "up")
-        subprocess.run(["ip", "netns", "exec", netns, SSHD, "-f", str(config)], check=True, capture_output=True)
+        # nsenter --net, not `ip netns exec`: the latter also remounts /sys for the namespace, which hides the
+        # cgroup hierarchies the agent needs — a real host has its own /sys with them mounted.
+        subprocess.run(
+            ["nsenter", f"--net=/run/netns/{netns}", SSHD, "-f", str(config)], check=True, capture_output=True
+        )
         _wait_for_port(netns, pidfile)
         yield SSHHost(netns=netns, address=address, gateway=gateway, identity=identity, known_hosts=known_hosts)
     finally:

@@ -32,7 +32,8 @@ class FleetMocks(pulumi.runtime.Mocks):
         self.resources.append(Recorded(args.typ, args.name, dict(args.inputs)))
         outputs = dict(args.inputs)
         if args.typ == "aws:ec2/instance:Instance":
-            n = sum(1 for r in self.resources if r.typ == args.typ)
+            # Registration order is not deterministic (async RPCs): derive the address from the name (<fleet>-host-<i>).
+            n = int(args.name.rsplit("-", 1)[1]) + 1
             outputs |= {"publicIp": f"203.0.113.{n}", "privateIp": f"10.42.1.{10 + n}"}
         elif args.typ == "aws:s3/bucket:Bucket":
             outputs["bucket"] = f"{args.inputs['bucketPrefix']}0001"

@@ -76,9 +76,9 @@ def test_firewall_rules(mocks: FleetMocks) -> pulumi.Output[Any]:
         assert {r.inputs["securityGroupId"] for r in ssh} == {"t-net-hosts-id"}
         web = [r for r in ingress if r.inputs["fromPort"] in (80, 443)]
         assert {r.inputs["securityGroupId"] for r in web} == {"t-net-api-id"}
-        instances = mocks.of_type("aws:ec2/instance:Instance")
-        assert instances[0].inputs["vpcSecurityGroupIds"] == ["t-net-hosts-id", "t-net-api-id"]
-        assert instances[1].inputs["vpcSecurityGroupIds"] == ["t-net-hosts-id"]
+        instances = {i.name: i for i in mocks.of_type("aws:ec2/instance:Instance")}
+        assert instances["t-host-0"].inputs["vpcSecurityGroupIds"] == ["t-net-hosts-id", "t-net-api-id"]
+        assert instances["t-host-1"].inputs["vpcSecurityGroupIds"] == ["t-net-hosts-id"]
         (egress,) = mocks.of_type("aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule")
         assert egress.inputs["ipProtocol"] == "-1"
 
