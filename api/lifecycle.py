@@ -107,7 +107,9 @@ class PauseResume:
         self._clock = clock
         self._on_paused = on_paused
         self._on_resumed = on_resumed
-        self.transition_wait_s = 300.0
+        self.transition_wait_s = 120.0
+        """How long a connect waits for a pause/resume in flight before asking the agent what is true (a control
+        plane that died mid-transition leaves the row ``pausing``/``resuming``; `settle` repairs it)."""
 
     async def pause(self, team_id: uuid.UUID | None, sandbox_id: str, *, memory: bool = True) -> SandboxRecord:
         """running -> paused. Conflict when paused (or on its way); NotFound when not live for this team."""
@@ -147,12 +149,13 @@ class PauseResume:
     ) -> SandboxRecord | None:
         """paused -> running with a fresh end time; None when the sandbox was not paused (the caller decides).
 
-        A sandbox caught mid-pause or mid-resume is waited for (bounded by `transition_wait_s`), then resumed or
-        reported as it ended up."""
+        A sandbox caught mid-pause or mid-resume is waited for (bounded by `transition_wait_s`); a transition still
+        unfinished then is settled from the agent's answer (see `settle`) and the resume tried once more."""
         sets: dict[str, object] = {}
         if auto_pause is not None:
             sets["auto_pause"] = auto_pause
         deadline = asyncio.get_running_loop().time() + self.transition_wait_s
+        settled = False
         while True:
             rec = await _transition(
                 self._store, sandbox_id, team_id, SandboxState.PAUSED, SandboxState.RESUMING, **sets
@@ -163,7 +166,11 @@ class PauseResume:
             if current is None or current.state not in {SandboxState.RESUMING, SandboxState.PAUSING}:
                 return None
             if asyncio.get_running_loop().time() > deadline:
-                raise Conflict(f"sandbox '{sandbox_id}' is still {current.state.value}; retry")
+                if settled:
+                    raise Conflict(f"sandbox '{sandbox_id}' is still {current.state.value}; retry")
+                await self.settle(current)
+                settled = True
+                continue
             await asyncio.sleep(0.1)  # another request is moving it; poll its recorded state
         log = _log.bind(sandbox_id=sandbox_id, host_id=rec.host_id)
         try:

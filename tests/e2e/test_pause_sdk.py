@@ -188,7 +188,7 @@ def test_snapshot_create_list_start_from_and_delete(e2b_env: Up) -> None:
         snap = sbx.create_snapshot("e2e-snap")
         assert snap.names == ["e2e-snap"]
         assert sbx.commands.run("echo alive").stdout.strip() == "alive", "the source keeps running"
-        listed = sbx.list_snapshots().next_items()
+        listed = Sandbox.list_snapshots(sandbox_id=sbx.sandbox_id).next_items()
         assert [s.snapshot_id for s in listed] == [snap.snapshot_id]
         assert [s.snapshot_id for s in Sandbox.list_snapshots(name="e2e-snap").next_items()] == [snap.snapshot_id]
 
@@ -205,7 +205,7 @@ def test_snapshot_create_list_start_from_and_delete(e2b_env: Up) -> None:
         clone = None
         assert Sandbox.delete_snapshot(snap.snapshot_id) is True
         assert Sandbox.delete_snapshot(snap.snapshot_id) is False
-        assert sbx.list_snapshots().next_items() == []
+        assert Sandbox.list_snapshots(sandbox_id=sbx.sandbox_id).next_items() == []
     finally:
         if clone is not None:
             clone.kill()
