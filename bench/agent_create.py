@@ -5,7 +5,8 @@ same image to the same readiness, measured in the same run (interleaved), like w
   over QMP, envd ``/health``, envd ``/init``) vs a hand-written ``qemu -incoming exec:cat state`` of the same
   snapshot in an already prepared namespace and overlay (network and disk setup are *not* timed for bare QEMU:
   they are the agent's overhead being measured);
-* boot: `create` with warm templates off (cold boot) vs `bench.vm_boot.bare_qemu_boot` (user networking);
+* boot: `create` with warm templates off (cold boot) vs the same hand-written command line booting the image
+  (no ``-incoming``), in a prepared namespace too;
 
 plus the host memory (PSS) of each idle sandbox's VMM and creates per second with 10 in parallel.
 
@@ -30,10 +31,9 @@ from pathlib import Path
 import structlog
 from qemu.qmp import QMPClient
 
-from bench.vm_boot import bare_qemu_boot, pss_kib
+from bench.vm_boot import pss_kib
 from tests.agent.e2e_support import guest_image, images_file
-from tests.agent.vmm.guest import TestGuest
-from wrenn.agent import AgentImage, AgentRuntime, AgentSettings, SandboxManager
+from wrenn.agent import AgentImage, AgentRuntime, AgentSettings, HostResources, SandboxManager, WarmSnapshot
 from wrenn.agent.vmm import wait_envd
 from wrenn.agent.vmm.qemu import host_tsc_khz
 from wrenn.protocol.agent import Accelerator, CreateSandbox
@@ -59,21 +59,23 @@ def _sid(prefix: str, n: int) -> str:
     return f"{prefix}{n:0{20 - len(prefix)}d}"
 
 
-async def bare_restore(manager: SandboxManager, image: AgentImage, accel: Accelerator, work: Path, n: int) -> float:
-    """Restore the warm snapshot with a hand-written QEMU command line; time spawn -> envd /health 204."""
-    warm = await manager.templates.get(image, 1, 256)
-    assert warm is not None, "no warm snapshot"
-    resources = manager.resources
+async def bare_launch(
+    resources: HostResources, image: AgentImage, accel: Accelerator, work: Path, n: int, warm: WarmSnapshot | None
+) -> float:
+    """Launch the image with a hand-written QEMU command line in a prepared namespace and overlay (their setup is
+    not timed) — restoring `warm`, or booting when it is None — and time spawn -> envd /health 204."""
+    restore = warm is not None
     owner = _sid("bare", n)
-    slot = 900 + n
+    slot = 900 + n % 50
     run = work / f"bare{n}"
     run.mkdir(parents=True)
     lease = await resources.acquire_network(owner, slot, allow_internet=False)
     try:
         disk = run / "disk.qcow2"
+        base, base_format = (warm.disk, "qcow2") if warm is not None else (image.rootfs, image.rootfs_format)
         await asyncio.to_thread(
             subprocess.run,
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(warm.disk), "-F", "qcow2", str(disk)],
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base), "-F", base_format, str(disk)],
             check=True,
         )
         net = lease.vm_network
@@ -82,56 +84,59 @@ async def bare_restore(manager: SandboxManager, image: AgentImage, accel: Accele
         khz = host_tsc_khz()
         if accel is Accelerator.TCG and khz:
             cmdline += f" tsc_early_khz={khz}"
-        memory = warm.directory.parent / "memory"
+        acpi = "off" if "acpi=off" in cmdline.split() else "on"  # as the image's kernel wants (docs/vmm.md)
+        memory = warm.directory.parent / "memory" if warm is not None else None
         argv = [
             *("ip", "netns", "exec", net.netns, "qemu-system-x86_64"),
-            *("-M", f"microvm,accel={accel.value},acpi=on,memory-backend=mem"),
+            *("-M", f"microvm,accel={accel.value},acpi={acpi}" + (",memory-backend=mem" if restore else "")),
             *("-cpu", "max" if accel is Accelerator.TCG else "host", "-smp", "1", "-m", "256M"),
             *("-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"),
             *("-kernel", str(image.kernel), "-append", cmdline),
             *(["-initrd", str(image.initrd)] if image.initrd else []),
-            *("-object", f"memory-backend-file,id=mem,size=256M,mem-path={memory},share=off"),
+            *(["-object", f"memory-backend-file,id=mem,size=256M,mem-path={memory},share=off"] if restore else []),
             *("-drive", f"id=rootfs,file={disk},format=qcow2,if=none,discard=unmap"),
             *("-device", "virtio-blk-device,drive=rootfs"),
             *("-netdev", f"tap,id=net0,ifname={net.tap},script=no,downscript=no"),
             *("-device", f"virtio-net-device,netdev=net0,mac={net.mac}"),
             *("-serial", f"file:{run / 'console.log'}"),
-            *("-qmp", f"unix:{run / 'qmp.sock'}"),
-            "-incoming",
-            "defer",
         ]
+        if restore:
+            argv += ["-qmp", f"unix:{run / 'qmp.sock'}", "-incoming", "defer"]
         started = time.monotonic()
         qmp = QMPClient("bare")
-        # QEMU connects to us (client-mode QMP socket), so there is nothing to poll for.
-        await qmp.start_server(str(run / "qmp.sock"))
+        if restore:
+            # QEMU connects to us (client-mode QMP socket), so there is nothing to poll for.
+            await qmp.start_server(str(run / "qmp.sock"))
         proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         try:
-            # The minimum QEMU needs for a file-backed-RAM restore: the capability must precede the stream.
-            await asyncio.wait_for(qmp.accept(), LIMIT)
-            caps = [{"capability": "x-ignore-shared", "state": True}, {"capability": "events", "state": True}]
-            await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
-            with qmp.listener("MIGRATION") as listener:
-                await qmp.execute("migrate-incoming", {"uri": f"exec:cat {warm.directory / 'state'}"})
-                async for event in listener:
-                    data = event["data"]
-                    if isinstance(data, dict) and data.get("status") in {"completed", "failed"}:
-                        break
-            await qmp.execute("cont")  # the snapshot was taken paused, and the run state migrates with it
-            try:
-                await wait_envd(lease.envd_address, LIMIT)
-            except TimeoutError as exc:
-                status = await qmp.execute("query-status")
-                migration = await qmp.execute("query-migrate")
-                raise RuntimeError(f"bare restore never answered: {status} {migration}") from exc
+            if warm is not None:
+                await _bare_incoming(qmp, warm.directory / "state")
+            await wait_envd(lease.envd_address, LIMIT)
             return time.monotonic() - started
         finally:
-            await qmp.disconnect()
+            if restore:
+                await qmp.disconnect()
             if proc.returncode is None:
                 proc.kill()
             await proc.wait()
     finally:
         await resources.release_network(owner, slot)
         shutil.rmtree(run, ignore_errors=True)
+
+
+async def _bare_incoming(qmp: QMPClient, state: Path) -> None:
+    """The minimum QEMU needs for a file-backed-RAM restore: the capability before the stream, then ``cont``
+    (the snapshot was taken paused, and the run state migrates with it)."""
+    await asyncio.wait_for(qmp.accept(), LIMIT)
+    caps = [{"capability": "x-ignore-shared", "state": True}, {"capability": "events", "state": True}]
+    await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
+    with qmp.listener("MIGRATION") as listener:
+        await qmp.execute("migrate-incoming", {"uri": f"exec:cat {state}"})
+        async for event in listener:
+            data = event["data"]
+            if isinstance(data, dict) and data.get("status") in {"completed", "failed"}:
+                break
+    await qmp.execute("cont")
 
 
 async def wrenn_create(manager: SandboxManager, sandbox_id: str) -> float:
@@ -162,9 +167,11 @@ async def main_async(count: int, cold_count: int, parallel: int) -> None:
             manager = runtime.manager
             first = await wrenn_create(manager, _sid("first", 0))  # boots the template, snapshots, restores
             accel = (await manager.host_info()).accelerator
+            warm = await manager.templates.get(image, 1, 256)
+            assert warm is not None, "no warm snapshot could be made"
             for n in range(count):
                 wrenn_restore.append(await wrenn_create(manager, _sid("r", n)))
-                bare.append(await bare_restore(manager, image, accel, work, n))
+                bare.append(await bare_launch(manager.resources, image, accel, work, n, warm))
 
             ids = [_sid("p", n) for n in range(parallel)]
             started = time.monotonic()
@@ -176,14 +183,9 @@ async def main_async(count: int, cold_count: int, parallel: int) -> None:
             await asyncio.gather(*(manager.destroy(i) for i in ids))
 
         async with AgentRuntime(cold_settings) as runtime:
-            guest = TestGuest(
-                kernel=image.kernel, initrd=image.initrd, kernel_cmdline=image.kernel_cmdline, rootfs=image.rootfs
-            )
             for n in range(cold_count):
                 wrenn_cold.append(await wrenn_create(runtime.manager, _sid("b", n)))
-                run = work / f"bareboot{n}"
-                run.mkdir()
-                bare_cold.append((await bare_qemu_boot(guest, accel, run)).seconds)
+                bare_cold.append(await bare_launch(runtime.manager.resources, image, accel, work, 100 + n, None))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
