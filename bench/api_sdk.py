@@ -111,10 +111,13 @@ def fake_server() -> Iterator[Server]:
         assert proc.stdout is not None
         for line in proc.stdout:
             if line.startswith("{"):
-                yield Server(**json.loads(line))
                 break
         else:
             raise RuntimeError("fake server did not start")
+        # keep reading the child's log output: a full pipe would block its event loop mid-request
+        stdout = proc.stdout
+        threading.Thread(target=lambda: [None for _ in stdout], daemon=True).start()
+        yield Server(**json.loads(line))
     finally:
         if proc.stdin is not None:
             proc.stdin.close()
