@@ -167,7 +167,10 @@ def run_steps(tree: Path, folder: Path, steps: tuple[Step, ...], state: ImageSta
             elif isinstance(step, WorkdirStep):
                 state.workdir = str(PurePosixPath(state.workdir, expand(step.path, state.env)))
                 progress(label, state.workdir)
-                in_tree(tree, ["mkdir", "-p", state.workdir], ImageState(state.env), step=label, progress=progress)
+                # like BuildKit: a WORKDIR the step creates belongs to the current USER
+                create = '[ -d "$0" ] || { mkdir -p "$0" && chown "$1": "$0"; }'
+                argv = ["/bin/sh", "-c", create, state.workdir, state.user]
+                in_tree(tree, argv, ImageState(state.env), step=label, progress=progress)
             elif isinstance(step, UserStep):
                 if step.user not in _passwd(tree):
                     raise BuildError(label, f"USER {step.user}: no such user in the image (add it with RUN useradd)")
