@@ -107,7 +107,7 @@ class SnapshotStore:
         directory.mkdir(parents=True)
         try:
             shutil.copytree(paused_snapshot, directory / SNAPSHOT_DIR)
-            _copy_disk(frozen_disk, directory / DISK)
+            _copy_disk(frozen_disk, directory / DISK, self._root)
             manifest_path = directory / SNAPSHOT_DIR / MANIFEST
             if manifest_path.exists():
                 manifest = json.loads(manifest_path.read_text())
@@ -131,9 +131,29 @@ class SnapshotStore:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _copy_disk(source: Path, dest: Path) -> None:
-    """Copy a disk image keeping its holes (qcow2 overlays are sparse)."""
-    subprocess.run(["cp", "--sparse=always", str(source), str(dest)], check=True)
+def _copy_disk(source: Path, dest: Path, snapshots: Path) -> None:
+    """Copy the frozen disk as a snapshot's own layer, flattened: every layer that belongs to another snapshot (a
+    sandbox made from a snapshot, snapshotted again) is merged in, so the new layer is backed only by what is not a
+    snapshot (the warm template's frozen disk or the image) and deleting one snapshot never breaks another.
+    A disk ``qemu-img`` cannot read (the fake driver's) is copied as it is."""
+    info = subprocess.run(
+        ["qemu-img", "info", "-U", "--output=json", "--backing-chain", str(source)], capture_output=True, text=True
+    )
+    chain: list[dict[str, object]] = json.loads(info.stdout) if info.returncode == 0 else []
+    below = [Path(str(layer["filename"])) for layer in chain[1:]]
+    if not below or not any(layer.is_relative_to(snapshots) for layer in below):
+        subprocess.run(["cp", "--sparse=always", str(source), str(dest)], check=True)
+        return
+    base = next((layer for layer in below if not layer.is_relative_to(snapshots)), None)
+    if base is None:
+        subprocess.run(["cp", "--sparse=always", str(source), str(dest)], check=True)
+        return
+    base_format = next(str(c["format"]) for c in chain if Path(str(c["filename"])) == base)
+    subprocess.run(
+        ["qemu-img", "convert", "-U", "-O", "qcow2", "-B", str(base), "-F", base_format, str(source), str(dest)],
+        check=True,
+        capture_output=True,
+    )
 
 
 def new_meta(snapshot_id: str, template: str, source: str, vcpus: int, memory_mb: int, disk_mb: int) -> SnapshotMeta:

@@ -232,9 +232,17 @@ async def test_snapshot_of_a_running_sandbox_starts_independent_clones(
         out, _ = await run_command(first, "/bin/sh", ["-c", "ls /home/user"], TOKEN)
         assert "clone5.txt" in out
         assert "clone6.txt" not in out, "clones are independent of each other"
+        await manager.snapshot(clones[0], "vmsnaptwo")  # a snapshot of a clone: its disk is flattened
     finally:
         for clone_id in clones:
             await manager.destroy(clone_id)
         await manager.destroy(source.sandbox_id)
-    await manager.delete_snapshot("vmsnapone")
+    await manager.delete_snapshot("vmsnapone")  # the second snapshot must not depend on the first
+    again = await manager.create(CreateSandbox(sandbox_id=sid("p", 7), template="vmsnaptwo", envd_access_token=TOKEN))
+    try:
+        assert await read_file(again.envd_address, "/home/user/snap.txt", TOKEN) == b"from the snapshot\n"
+        assert await read_file(again.envd_address, "/home/user/clone5.txt", TOKEN) == b"mine\n"
+    finally:
+        await manager.destroy(again.sandbox_id)
+    await manager.delete_snapshot("vmsnaptwo")
     assert manager.list_snapshots() == []
