@@ -180,7 +180,8 @@ async def stop_running(
     row = await relaxed_write(
         store,
         "UPDATE sandboxes SET state = 'stopped', stopped_at = %s, stop_reason = %s "
-        "WHERE id = %s AND state IN ('running', 'paused') AND (%s::uuid IS NULL OR team_id = %s::uuid) RETURNING *",
+        "WHERE id = %s AND state IN ('running', 'pausing', 'paused', 'resuming') "
+        "AND (%s::uuid IS NULL OR team_id = %s::uuid) RETURNING *",
         (at, reason, sandbox_id, team_id, team_id),
     )
     return None if row is None else SandboxRecord.from_row(row)

@@ -179,3 +179,16 @@ async def test_a_row_left_mid_transition_by_a_dead_control_plane_is_settled_by_c
     assert (rec is not None) is resumes
     assert (await env.state(sandbox_id))[0] is SandboxState.RUNNING
     assert "get" in env.agent.calls, "settled from what the agent reports"
+
+
+@pytest.mark.parametrize("state", [SandboxState.PAUSING, SandboxState.PAUSED, SandboxState.RESUMING])
+async def test_kill_reaches_paused_and_mid_transition_sandboxes(env: Env, state: SandboxState) -> None:
+    from wrenn.api.sandboxes import _records as records
+
+    sandbox_id = await env.sandbox(state)
+    stopped = await records.stop_running(env.store, sandbox_id, env.team, reason="killed", at=NOW)
+    assert stopped is not None, "a kill must never miss a sandbox because it is (being) paused"
+    assert (await env.state(sandbox_id))[0] is SandboxState.STOPPED
+    if state is SandboxState.PAUSING:  # the pause in flight then finds the row gone
+        env.agent.state = AgentState.RUNNING
+        assert await env.lifecycle.resume(env.team, sandbox_id, timeout_s=1) is None
