@@ -169,9 +169,11 @@ def test_onboard_host_registers_runs_a_sandbox_and_survives_an_upgrade(
     monkeypatch.setenv("E2B_API_URL", api)
     monkeypatch.setenv("E2B_API_KEY", api_key)
     monkeypatch.delenv("E2B_DEBUG", raising=False)
-    sandbox = Sandbox.create("base", timeout=600)
+    sandbox = Sandbox.create("base", timeout=600)  # 201 only once the VM's envd answered /health on the host
     try:
-        assert sandbox.is_running()
+        # `wrenn api` serves no sandbox proxy (that is `wrenn up`'s), so only API calls here: `is_running()` would
+        # ask envd through the proxy.
+        assert sandbox.get_info().sandbox_id == sandbox.sandbox_id
 
         # Rolling upgrade: the agent restarts, the sandbox keeps running and the agent keeps its identity.
         options = OnboardOptions(
@@ -199,7 +201,7 @@ def test_onboard_host_registers_runs_a_sandbox_and_survives_an_upgrade(
         )
         assert upgraded.recap["ns-host"]["failed"] == 0
         assert upgraded.changed > 0  # the agent was restarted
-        assert sandbox.is_running()
+        assert [s.sandbox_id for s in Sandbox.list().next_items()] == [sandbox.sandbox_id]
         hosts_after = httpx.get(f"{api}/v1/hosts", headers={"Authorization": f"Bearer {session}"}, timeout=10).json()
         assert [h["id"] for h in hosts_after] == [result["host_id"]]  # no second registration
     finally:
