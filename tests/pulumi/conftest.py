@@ -6,7 +6,10 @@ lookup answers a fixed id, buckets get their name from the prefix — enough for
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, cast
 
@@ -58,7 +61,31 @@ pulumi_test = cast(Callable[[_F], _F], pulumi.runtime.test)
 
 
 @pytest.fixture
-def mocks() -> FleetMocks:
-    m = FleetMocks()
-    pulumi.runtime.set_mocks(m, project="wrenn-fleet", stack="test", preview=False)
-    return m
+def mocks() -> Iterator[FleetMocks]:
+    # Pulumi's runtime drives outputs on `asyncio.get_event_loop()` (after pytest-asyncio's tests none is set in the
+    # main thread) and answers mock RPCs on the loop's default executor, where it makes one more loop per worker
+    # thread. The test owns all of them: its own loop, an executor whose threads start with a loop the test keeps,
+    # and closes every one afterwards (warnings are errors: an unclosed loop fails the run).
+    loop = asyncio.new_event_loop()
+    thread_loops: list[asyncio.AbstractEventLoop] = []
+    lock = threading.Lock()
+
+    def give_thread_a_loop() -> None:
+        thread_loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(thread_loop)
+        with lock:
+            thread_loops.append(thread_loop)
+
+    executor = ThreadPoolExecutor(max_workers=4, initializer=give_thread_a_loop)
+    loop.set_default_executor(executor)
+    asyncio.set_event_loop(loop)
+    try:
+        m = FleetMocks()
+        pulumi.runtime.set_mocks(m, project="wrenn-fleet", stack="test", preview=False)
+        yield m
+    finally:
+        asyncio.set_event_loop(None)
+        executor.shutdown(wait=True)
+        loop.close()
+        for thread_loop in thread_loops:
+            thread_loop.close()
