@@ -75,5 +75,10 @@ class HostService:
         if not await records.heartbeat(self._store, host_id, secret, info, self._clock()):
             raise Unauthenticated("unknown host or wrong host secret")
 
+    async def update_address(self, host_id: str, address: str) -> None:
+        """Record where a registered host's agent now listens (``wrenn up`` after its agent moved ports)."""
+        async with self._store.connection() as conn:
+            await conn.execute("UPDATE hosts SET address = %s WHERE id = %s", (address, host_id))
+
     async def list_hosts(self) -> list[HostRecord]:
         return await records.list_hosts(self._store)

@@ -53,6 +53,19 @@ def _bind(listen: str) -> socket.socket:
     return sock
 
 
+def _bind_agent(listen: str, port_file: Path) -> socket.socket:
+    """The agent's loopback socket: the port of the last start when it is free (the control plane has it on record),
+    else the configured one (default: any free port), remembered for the next start."""
+    if port_file.exists() and listen.endswith(":0"):
+        try:
+            return _bind(f"{listen.rpartition(':')[0]}:{int(port_file.read_text())}")
+        except (OSError, ValueError):
+            pass
+    sock = _bind(listen)
+    port_file.write_text(str(sock.getsockname()[1]))
+    return sock
+
+
 def _secret_file(path: Path) -> str:
     """A secret persisted across restarts (0600), made on first use."""
     if path.exists():
@@ -193,12 +206,16 @@ async def run_up(
         conn_file.chmod(0o600)
 
         agent_dir = data_dir / "agent"
+        hosts = deps.extras["hosts"]
+        assert isinstance(hosts, HostService)
+        identity = load_identity(agent_dir)
         token: str | None = None
-        if load_identity(agent_dir) is None:
-            hosts = deps.extras["hosts"]
-            assert isinstance(hosts, HostService)
+        if identity is None:
             token = (await hosts.create_token(created_by=None, ttl_s=600)).token
-        agent_sock = _bind(options.agent_listen)
+        agent_sock = _bind_agent(options.agent_listen, data_dir / "agent.port")
+        if identity is not None:
+            # registered before: the agent does not register again, so its address is kept current here
+            await hosts.update_address(identity.host_id, f"http://127.0.0.1:{agent_sock.getsockname()[1]}")
         agent_settings = AgentSettings(
             data_dir=agent_dir,
             listen=f"127.0.0.1:{agent_sock.getsockname()[1]}",

@@ -3,6 +3,7 @@ on a free loopback port with a temporary data dir, and the connection settings i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.sdk, pytest.mark.slow, pytest.mark.roo
 START_LIMIT_S = 300.0
 
 
-def _skip_reason() -> str | None:
+def skip_reason() -> str | None:
     if os.geteuid() != 0:
         return "needs root (network namespaces, TAP devices, cgroups)"
     if shutil.which("qemu-system-x86_64") is None:
@@ -63,7 +64,7 @@ class Up:
             return str(r.json()["token"])
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -76,13 +77,9 @@ def _kill_all(url: str, key: str) -> None:
             c.delete(f"/sandboxes/{sandbox['sandboxID']}")
 
 
-@pytest.fixture(scope="session")
-def wrenn_up() -> Iterator[Up]:
-    reason = _skip_reason()
-    if reason:
-        pytest.skip(reason)
-    data_dir = Path(tempfile.mkdtemp(prefix="wrenn-e2e-"))
-    port = _free_port()
+@contextlib.contextmanager
+def running_up(data_dir: Path, port: int, log_name: str = "wrenn-e2e-last.log") -> Iterator[Up]:
+    """A `wrenn up` subprocess until the block ends: its sandboxes are killed, then it gets SIGTERM."""
     # The image cache may be chosen (WRENN_IMAGE_CACHE); everything else is wrenn up's own defaults.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WRENN_", "E2B_")) or k == "WRENN_IMAGE_CACHE"}
     proc = subprocess.Popen(
@@ -121,10 +118,22 @@ def wrenn_up() -> Iterator[Up]:
                 proc.kill()
                 proc.wait()
         thread.join(10)
-        # wrenn up's log for post-mortems (the data dir is removed below)
-        Path(tempfile.gettempdir(), "wrenn-e2e-last.log").write_text("".join(output))
+        # wrenn up's log for post-mortems (the data dir is removed by the caller)
+        Path(tempfile.gettempdir(), log_name).write_text("".join(output))
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def wrenn_up() -> Iterator[Up]:
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    data_dir = Path(tempfile.mkdtemp(prefix="wrenn-e2e-"))
+    try:
+        with running_up(data_dir, free_port()) as up:
+            yield up
+    finally:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
@@ -142,3 +151,8 @@ def wait_until(predicate: object, limit_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.25)
+
+
+# Older names, imported by tests/e2e/test_pause_sdk.py.
+_free_port = free_port
+_skip_reason = skip_reason

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+from pathlib import Path
+
 import httpx
 import pytest
 from e2b import Sandbox, SandboxQuery
 from e2b.exceptions import NotFoundException
 
-from tests.e2e.conftest import Up, wait_until
+from tests.e2e.conftest import Up, free_port, running_up, skip_reason, wait_until
 
 pytestmark = [pytest.mark.vm, pytest.mark.sdk, pytest.mark.slow, pytest.mark.root]
 
@@ -79,3 +83,26 @@ def test_timeout_expiry_kills_the_sandbox(e2b_env: Up) -> None:
         Sandbox.connect(sbx.sandbox_id)
     with pytest.raises(NotFoundException):
         sbx.get_info()
+
+
+def test_wrenn_up_restarts_on_its_data_dir() -> None:
+    """A second start reuses the private cluster, keeps the key and the host (no second registration), and serves
+    sandboxes again: its agent is still reachable where the control plane has it on record."""
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    data_dir = Path(tempfile.mkdtemp(prefix="wrenn-e2e-restart-"))
+    port = free_port()
+    try:
+        with running_up(data_dir, port, "wrenn-e2e-restart-1.log") as first:
+            sbx = Sandbox.create("base", api_key=first.api_key, api_url=first.url, sandbox_url=first.url)
+            assert sbx.commands.run("echo first").stdout.strip() == "first"
+            sbx.kill()
+        with running_up(data_dir, port, "wrenn-e2e-restart-2.log") as second:
+            assert second.api_key == first.api_key
+            assert not any("host registered" in line for line in second.output)
+            sbx = Sandbox.create("base", api_key=second.api_key, api_url=second.url, sandbox_url=second.url)
+            assert sbx.commands.run("echo second").stdout.strip() == "second"
+            sbx.kill()
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
