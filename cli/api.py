@@ -33,8 +33,9 @@ def split_listen(listen: str) -> tuple[str, int]:
 def _run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from wrenn.api import Deps, Settings, bootstrap_admin, create_app
+    from wrenn.api import Deps, Settings, bootstrap_admin
     from wrenn.api.deps import AsgiApp
+    from wrenn.api.sandboxes import create_public_app
 
     overrides: dict[str, Any] = {}
     if args.database_url:
@@ -67,6 +68,7 @@ def _run(args: argparse.Namespace) -> int:
 
         deps.on_startup(bootstrap)
 
-    app = create_app(settings, configure=configure)
+    # The public app: the REST API behind the sandbox traffic proxy, exactly what `wrenn up` serves.
+    app = create_public_app(settings, configure=configure)
     uvicorn.run(app, host=host, port=port, lifespan="on", log_level=args.log_level)
     return 0
