@@ -218,6 +218,7 @@ def main() -> None:
     if os.getpid() != 1:
         sys.exit("wrenn-init must run as PID 1")
     os.environ["PATH"] = BASE_PATH  # the kernel starts init without PATH (busybox's switch_root passes one)
+    os.umask(0o022)  # the kernel starts init with 0000; envd and its processes inherit this (files 0644, as E2B's)
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGUSR2, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
