@@ -1,6 +1,6 @@
 """`HostresResources`: `HostResources` on the host-resource packages — `wrenn.agent.network` (netns, veth, TAP,
 nftables per slot), `wrenn.agent.disk` (copy-on-write layer per sandbox) and `wrenn.agent.cgroup` (limits, v1 or
-v2). The default; `LocalResources` remains as the dependency-free fallback (``WRENN_AGENT_RESOURCES=local``).
+v2).
 
 Sizes: a layer is never smaller than its base (a warm template's frozen disk or the image's rootfs), so the
 requested ``disk_mb`` is raised to the base's virtual size when it is below it.

@@ -58,7 +58,6 @@ class AgentSettings(BaseSettings):
     transit_cidr: str | None = Field(
         default=None, description="host <-> sandbox namespace /30s come from here (default: the implementation's)"
     )
-    resources: str = Field(default="hostres", pattern="^(hostres|local)$", description="host resource implementation")
 
     @property
     def sandboxes_dir(self) -> Path:
@@ -92,11 +91,6 @@ class AgentSettings(BaseSettings):
         return QemuDriver(data_dir=self.data_dir, binary=self.qemu_binary, accelerator=self.accelerator)
 
     def make_resources(self) -> HostResources:
-        if self.resources == "local":
-            from wrenn.agent._local_resources import LocalResources
-
-            transit = self.transit_cidr or "10.213.0.0/16"
-            return LocalResources(prefix=self.resource_prefix, transit=transit, max_slots=self.max_slots)
         from wrenn.agent._hostres import HostresResources
 
         return HostresResources(prefix=self.resource_prefix, transit=self.transit_cidr)
