@@ -78,10 +78,13 @@ def _kill_all(url: str, key: str) -> None:
 
 
 @contextlib.contextmanager
-def running_up(data_dir: Path, port: int, log_name: str = "wrenn-e2e-last.log") -> Iterator[Up]:
+def running_up(
+    data_dir: Path, port: int, log_name: str = "wrenn-e2e-last.log", extra_env: dict[str, str] | None = None
+) -> Iterator[Up]:
     """A `wrenn up` subprocess until the block ends: its sandboxes are killed, then it gets SIGTERM."""
-    # The image cache may be chosen (WRENN_IMAGE_CACHE); everything else is wrenn up's own defaults.
+    # The image cache may be chosen (WRENN_IMAGE_CACHE); everything else is wrenn up's own defaults plus `extra_env`.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("WRENN_", "E2B_")) or k == "WRENN_IMAGE_CACHE"}
+    env |= extra_env or {}
     proc = subprocess.Popen(
         [sys.executable, "-m", "wrenn.cli", "up", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
@@ -151,8 +154,3 @@ def wait_until(predicate: object, limit_s: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.25)
-
-
-# Older names, imported by tests/e2e/test_pause_sdk.py.
-_free_port = free_port
-_skip_reason = skip_reason

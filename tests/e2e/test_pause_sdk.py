@@ -4,14 +4,9 @@ disk files surviving, id and access token unchanged, and `onTimeout: pause` paus
 
 from __future__ import annotations
 
-import os
 import secrets
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +15,7 @@ import httpx
 import pytest
 from e2b import Sandbox, SandboxNotFoundException, SandboxQuery, SandboxState
 
-from tests.e2e.conftest import START_LIMIT_S, Up, _free_port, _kill_all, _skip_reason, wait_until
+from tests.e2e.conftest import Up, free_port, running_up, skip_reason, wait_until
 
 pytestmark = [pytest.mark.vm, pytest.mark.sdk, pytest.mark.slow, pytest.mark.root]
 
@@ -29,53 +24,18 @@ pytestmark = [pytest.mark.vm, pytest.mark.sdk, pytest.mark.slow, pytest.mark.roo
 def own_up() -> Iterator[Up]:
     """`wrenn up` like the shared fixture, but with host resource names and a transit network of its own, so it
     never collides with another `wrenn up` on this machine (benchmarks, other suites) using the defaults."""
-    reason = _skip_reason()
+    reason = skip_reason()
     if reason:
         pytest.skip(reason)
     data_dir = Path(tempfile.mkdtemp(prefix="wrenn-pause-"))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WRENN_", "E2B_")) or k == "WRENN_IMAGE_CACHE"}
-    env |= {
+    own_resources = {
         "WRENN_AGENT_RESOURCE_PREFIX": f"wp{secrets.token_hex(2)}",
         "WRENN_AGENT_TRANSIT_CIDR": f"10.{150 + secrets.randbelow(40)}.0.0/16",
     }
-    argv = [sys.executable, "-m", "wrenn.cli", "up", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}"]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    output: list[str] = []
-    settings: dict[str, str] = {}
-    ready = threading.Event()
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            output.append(line)
-            if line.startswith("E2B_") and "=" in line:
-                key, value = line.strip().split("=", 1)
-                settings[key] = value
-                if key == "E2B_API_KEY":
-                    ready.set()
-        ready.set()
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
     try:
-        if not ready.wait(START_LIMIT_S) or "E2B_API_KEY" not in settings:
-            raise RuntimeError("wrenn up did not become ready:\n" + "".join(output[-60:]))
-        yield Up(settings["E2B_API_URL"], settings["E2B_API_KEY"], data_dir, proc, output)
+        with running_up(data_dir, free_port(), "wrenn-pause-e2e-last.log", own_resources) as up:
+            yield up
     finally:
-        if proc.poll() is None and "E2B_API_KEY" in settings:
-            _kill_all(settings["E2B_API_URL"], settings["E2B_API_KEY"])
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        thread.join(10)
-        Path(tempfile.gettempdir(), "wrenn-pause-e2e-last.log").write_text("".join(output))
-        if proc.stdout is not None:
-            proc.stdout.close()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
