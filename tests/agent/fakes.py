@@ -12,12 +12,27 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 from pydantic import PrivateAttr
 
-from wrenn.agent import AgentImage, AgentSettings, HostFacts, NetworkLease, StaticImages
+from wrenn.agent import (
+    AgentImage,
+    AgentSettings,
+    HostFacts,
+    NetworkLease,
+    SandboxManager,
+    StateStore,
+    StaticImages,
+    WarmTemplates,
+)
+from wrenn.agent._envd import EnvdClient
 from wrenn.agent._images import ImageSource
+from wrenn.agent._processes import processes_mentioning
 from wrenn.agent._resources import HostResources
-from wrenn.agent.vmm import Placement, UserNetwork
+from wrenn.agent._slots import SlotAllocator
+from wrenn.agent.sandboxes import Limits
+from wrenn.agent.vmm import Placement, UserNetwork, VMDriver
+from wrenn.agent.vmm.fake import FakeDriver
 from wrenn.protocol.errors import Unavailable
 
 QCOW2_HEADER = b"QFI\xfb" + b"\0" * 508
@@ -131,3 +146,58 @@ class FakeSettings(AgentSettings):
 
     def make_images(self) -> ImageSource:
         return StaticImages({self._image.template: self._image})
+
+
+def sid(n: int) -> str:
+    return f"sbx{n:017d}"
+
+
+class Env:
+    """One agent's parts in a temp dir; `manager()` builds a fresh manager over the same data (a restart)."""
+
+    def __init__(self, root: Path, *, warm: bool = True) -> None:
+        self.root = root
+        self.resources = FakeResources()
+        self.image: AgentImage = fake_image(root / "image")
+        self.warm = warm
+        self.envd = EnvdClient(timeout=5)
+
+    def manager(self, driver: VMDriver | None = None) -> SandboxManager:
+        driver = driver or FakeDriver()
+        slots = SlotAllocator(64)
+        templates = WarmTemplates(
+            self.root / "templates",
+            driver=driver,
+            resources=self.resources,
+            slots=slots,
+            envd=self.envd,
+            boot_limit=10,
+            enabled=self.warm,
+        )
+        return SandboxManager(
+            store=StateStore(self.root / "sandboxes"),
+            driver=driver,
+            resources=self.resources,
+            images=StaticImages({"base": self.image}),
+            templates=templates,
+            envd=self.envd,
+            slots=slots,
+            limits=Limits(ready_cold=10, ready_restore=10, stop_grace=1, rollback=20),
+        )
+
+    def nothing_left(self) -> None:
+        assert not self.resources.networks
+        assert not self.resources.cgroups
+        assert not {d for d in self.resources.disks if "templates" not in d.parts}
+        sandboxes = self.root / "sandboxes"
+        assert not sandboxes.exists() or not any(sandboxes.iterdir())
+        assert not processes_mentioning(str(sandboxes) + "/")
+
+
+async def health(address: str) -> int | None:
+    """envd's /health status at `address`, or None when nothing answers there (a paused or destroyed sandbox)."""
+    async with httpx.AsyncClient(timeout=5) as client:
+        try:
+            return (await client.get(f"http://{address}/health")).status_code
+        except httpx.HTTPError:
+            return None

@@ -5,49 +5,18 @@ never silently dropped) and the agent's HTTP routes. No root needed; the real-VM
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import falcon.testing
-import httpx
 import pytest
 
-from tests.agent.fakes import FakeResources, FakeSettings, fake_image
-from tests.agent.test_sandboxes import Env, sid
+from tests.agent.fakes import Env, FakeResources, FakeSettings, fake_image, health, sid
 from wrenn.agent import StateStore, create_agent_app
 from wrenn.agent._processes import processes_mentioning
 from wrenn.agent.pause import PAUSE_DIR, PAUSE_FILE, PausePhase, PauseRecord
 from wrenn.protocol.agent import CreateSandbox, SandboxState
 from wrenn.protocol.errors import Conflict, NotFound
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="wp-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        for pid in processes_mentioning(str(path)):
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def env(short_tmp: Path) -> AsyncIterator[Env]:
-    environment = Env(short_tmp)
-    yield environment
-    await environment.envd.aclose()
-
-
-async def health(address: str) -> int | None:
-    async with httpx.AsyncClient(timeout=2) as client:
-        try:
-            return (await client.get(f"http://{address}/health")).status_code
-        except httpx.HTTPError:
-            return None
 
 
 def vmm_pids(env: Env, sandbox_id: str) -> list[int]:

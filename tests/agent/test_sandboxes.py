@@ -4,96 +4,17 @@ every step, idempotent destroy, warm templates, capacity, and recovery after an 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import tempfile
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests.agent.fakes import FakeResources, fake_image
-from wrenn.agent import AgentImage, SandboxManager, StateStore, StaticImages, Step, WarmTemplates
-from wrenn.agent._envd import EnvdClient
+from tests.agent.fakes import Env, health, sid
+from wrenn.agent import StateStore, Step, WarmTemplates
 from wrenn.agent._processes import processes_mentioning
-from wrenn.agent._slots import SlotAllocator
-from wrenn.agent.sandboxes import Limits
-from wrenn.agent.vmm import VMDriver, VMMError
+from wrenn.agent.vmm import VMMError
 from wrenn.agent.vmm.fake import FakeDriver
 from wrenn.protocol.agent import CreateSandbox, SandboxState
 from wrenn.protocol.errors import Conflict, Exhausted, NotFound, Unavailable, WrennError
-
-
-def sid(n: int) -> str:
-    return f"sbx{n:017d}"
-
-
-class Env:
-    """One agent's parts in a temp dir; `manager()` builds a fresh manager over the same data (a restart)."""
-
-    def __init__(self, root: Path, *, warm: bool = True) -> None:
-        self.root = root
-        self.resources = FakeResources()
-        self.image: AgentImage = fake_image(root / "image")
-        self.warm = warm
-        self.envd = EnvdClient(timeout=5)
-
-    def manager(self, driver: VMDriver | None = None) -> SandboxManager:
-        driver = driver or FakeDriver()
-        slots = SlotAllocator(64)
-        templates = WarmTemplates(
-            self.root / "templates",
-            driver=driver,
-            resources=self.resources,
-            slots=slots,
-            envd=self.envd,
-            boot_limit=10,
-            enabled=self.warm,
-        )
-        return SandboxManager(
-            store=StateStore(self.root / "sandboxes"),
-            driver=driver,
-            resources=self.resources,
-            images=StaticImages({"base": self.image}),
-            templates=templates,
-            envd=self.envd,
-            slots=slots,
-            limits=Limits(ready_cold=10, ready_restore=10, stop_grace=1, rollback=20),
-        )
-
-    def nothing_left(self) -> None:
-        assert not self.resources.networks
-        assert not self.resources.cgroups
-        assert not {d for d in self.resources.disks if "templates" not in d.parts}
-        sandboxes = self.root / "sandboxes"
-        assert not sandboxes.exists() or not any(sandboxes.iterdir())
-        assert not processes_mentioning(str(sandboxes) + "/")
-
-
-@pytest.fixture
-def short_tmp() -> Iterator[Path]:
-    """A short data dir: VMM control sockets live below it and AF_UNIX paths end at 107 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="wa-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        for pid in processes_mentioning(str(path)):
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-async def env(short_tmp: Path) -> AsyncIterator[Env]:
-    environment = Env(short_tmp)
-    yield environment
-    await environment.envd.aclose()
-
-
-async def health(address: str) -> int:
-    async with httpx.AsyncClient(timeout=5) as client:
-        return (await client.get(f"http://{address}/health")).status_code
 
 
 async def test_create_get_list_destroy_leaves_nothing(env: Env) -> None:

@@ -4,12 +4,8 @@ and registration + heartbeats against a small fake control plane."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
 import socket
-import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +17,6 @@ import pytest
 
 from tests.agent.fakes import FakeResources, FakeSettings, fake_image
 from wrenn.agent import AgentRuntime, Registration, create_agent_app
-from wrenn.agent._processes import processes_mentioning
 from wrenn.agent.registration import load_identity
 from wrenn.protocol.agent import Accelerator, HostInfo, SandboxInfo, SandboxList, SandboxState
 from wrenn.protocol.errors import Unauthenticated
@@ -31,14 +26,8 @@ SID = "abcdefghij0123456789"
 
 
 @pytest.fixture
-def data_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="wa-", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        for pid in processes_mentioning(str(path)):
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(path, ignore_errors=True)
+def data_dir(short_tmp: Path) -> Path:
+    return short_tmp
 
 
 @pytest.fixture
