@@ -267,6 +267,10 @@ class SandboxService:
         """The answer to a create repeated with the same Idempotency-Key."""
         if rec.state is not SandboxState.RUNNING:
             raise Conflict("a create with this Idempotency-Key is still in progress")
+        return self._created(rec)
+
+    def _created(self, rec: SandboxRecord) -> SandboxCreated:
+        """What create, connect and resume answer for a running sandbox (E2B's `Sandbox` body)."""
         return SandboxCreated(
             template_id=rec.template,
             sandbox_id=rec.id,
@@ -345,14 +349,7 @@ class SandboxService:
             raise NotFound(f"sandbox '{sandbox_id}' not found")
         rec = await self._live(team_id, sandbox_id)
         await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=rec.end_at)
-        return SandboxCreated(
-            template_id=rec.template,
-            sandbox_id=rec.id,
-            client_id=CLIENT_ID,
-            envd_version=rec.envd_version,
-            envd_access_token=rec.envd_token,
-            domain=self.config.domain,
-        )
+        return self._created(rec)
 
     async def pause(self, team_id: uuid.UUID | None, sandbox_id: str, *, memory: bool = True) -> None:
         """E2B pause: 204; Conflict (409) when already paused; NotFound (404). See `wrenn.api.lifecycle`."""
@@ -365,17 +362,7 @@ class SandboxService:
         rec = await self.lifecycle.resume(team_id, sandbox_id, timeout_s=timeout_s, auto_pause=auto_pause)
         if rec is None:
             return await self.connect(team_id, sandbox_id, timeout_s), False
-        return (
-            SandboxCreated(
-                template_id=rec.template,
-                sandbox_id=rec.id,
-                client_id=CLIENT_ID,
-                envd_version=rec.envd_version,
-                envd_access_token=rec.envd_token,
-                domain=self.config.domain,
-            ),
-            True,
-        )
+        return self._created(rec), True
 
     def _paused(self, rec: SandboxRecord) -> None:
         self._notify(rec.id)  # the proxy forgets the route and cuts the sandbox's open streams
