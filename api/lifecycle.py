@@ -12,7 +12,11 @@ the sandbox's current state. ``pausing``, ``paused`` and ``resuming`` are live (
 them), but only ``creating``/``running`` hold host capacity. The timeout policy survives: ``auto_pause`` stays on
 the record, and a resume sets a fresh end time (``now + timeout`` of the connect/resume call) with its expiry job.
 A crash of the control plane between the UPDATE and the agent's answer leaves ``pausing``/``resuming``;
-`settle` asks the agent what is true and records it.
+`settle` asks the agent what is true and records it (a waiting ``connect`` calls it, and the reconciler does for
+rows stuck longer than its bound; ``transition_at`` says since when).
+
+Before the agent pauses the VM, ``on_pausing`` is awaited: the proxy stops routing to the sandbox and lets its
+in-flight requests finish (bounded by the drain grace) — the row already says ``pausing``, so nothing new is routed.
 """
 
 from __future__ import annotations
@@ -101,12 +105,14 @@ class PauseResume:
         clock: Callable[[], datetime],
         on_paused: Callable[[SandboxRecord], None],
         on_resumed: Callable[[SandboxRecord], Awaitable[None]],
+        on_pausing: Callable[[SandboxRecord], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
         self._hosts = hosts
         self._clock = clock
         self._on_paused = on_paused
         self._on_resumed = on_resumed
+        self._on_pausing = on_pausing
         self.transition_wait_s = 120.0
         """How long a connect waits for a pause/resume in flight before asking the agent what is true (a control
         plane that died mid-transition leaves the row ``pausing``/``resuming``; `settle` repairs it)."""
@@ -114,7 +120,13 @@ class PauseResume:
     async def pause(self, team_id: uuid.UUID | None, sandbox_id: str, *, memory: bool = True) -> SandboxRecord:
         """running -> paused. Conflict when paused (or on its way); NotFound when not live for this team."""
         rec = await _transition(
-            self._store, sandbox_id, team_id, SandboxState.RUNNING, SandboxState.PAUSING, pause_memory=memory
+            self._store,
+            sandbox_id,
+            team_id,
+            SandboxState.RUNNING,
+            SandboxState.PAUSING,
+            pause_memory=memory,
+            transition_at=self._clock(),
         )
         if rec is None:
             current = await _current(self._store, sandbox_id, team_id)
@@ -123,9 +135,11 @@ class PauseResume:
             if current is not None and current.state is SandboxState.RESUMING:
                 raise Conflict(f"sandbox '{sandbox_id}' is being resumed")
             raise NotFound(f"sandbox '{sandbox_id}' not found")
-        self._on_paused(rec)  # the proxy stops routing to it and cuts its open streams before the VM stops
         log = _log.bind(sandbox_id=sandbox_id, host_id=rec.host_id)
         try:
+            if self._on_pausing is not None:
+                await self._on_pausing(rec)  # the proxy drains: in-flight requests finish, new ones wait or 502
+            self._on_paused(rec)  # ...and cuts what outlived the drain, before the VM stops
             agent = await self._hosts.client(rec.host_id or "")
             await agent.pause_sandbox(sandbox_id, memory=memory)
         except Conflict:
@@ -151,7 +165,7 @@ class PauseResume:
 
         A sandbox caught mid-pause or mid-resume is waited for (bounded by `transition_wait_s`); a transition still
         unfinished then is settled from the agent's answer (see `settle`) and the resume tried once more."""
-        sets: dict[str, object] = {}
+        sets: dict[str, object] = {"transition_at": self._clock()}
         if auto_pause is not None:
             sets["auto_pause"] = auto_pause
         deadline = asyncio.get_running_loop().time() + self.transition_wait_s
@@ -182,7 +196,8 @@ class PauseResume:
             if isinstance(exc, WrennError) and exc.status == 404:
                 raise NotFound(f"sandbox '{sandbox_id}' is gone from its host") from exc
             raise
-        end_at = self._clock() + timedelta(seconds=timeout_s)
+        now = self._clock()
+        end_at = now + timedelta(seconds=timeout_s)
         running = await _transition(
             self._store,
             sandbox_id,
@@ -191,6 +206,8 @@ class PauseResume:
             SandboxState.RUNNING,
             end_at=end_at,
             envd_address=info.envd_address,
+            idle_timeout_s=timeout_s,
+            ttl_set_at=now,
         )
         if running is None:
             raise NotFound(f"sandbox '{sandbox_id}' was killed while it resumed")
@@ -198,25 +215,38 @@ class PauseResume:
         log.info("sandbox resumed", timeout=timeout_s)
         return running
 
-    async def settle(self, rec: SandboxRecord) -> None:
-        """Record what the agent says about a sandbox left ``pausing``/``resuming`` (failure or crash)."""
+    async def settle(self, rec: SandboxRecord) -> SandboxState | None:
+        """Record what the agent says about a sandbox left ``pausing``/``resuming`` (failure or crash): running,
+        paused, failed on its host, or missing (the host does not have it). Returns the state recorded, None when
+        nothing was (the host did not answer, or someone else moved the row first)."""
         try:
             agent = await self._hosts.client(rec.host_id or "")
             info = await agent.get_sandbox(rec.id)
         except NotFound:
             state = SandboxState.MISSING
         except WrennError:
-            return  # host unreachable: leave it for the next reconcile
+            return None  # host unreachable: leave it for the next reconcile
         else:
             state = {
                 AgentState.RUNNING: SandboxState.RUNNING,
                 AgentState.PAUSED: SandboxState.PAUSED,
                 AgentState.FAILED: SandboxState.FAILED,
+                AgentState.STOPPED: SandboxState.MISSING,
+                AgentState.STOPPING: SandboxState.MISSING,
             }.get(info.state, rec.state)
         current = await _current(self._store, rec.id, None)
         if current is None or current.state not in {SandboxState.PAUSING, SandboxState.RESUMING}:
-            return
-        done = await _transition(self._store, rec.id, None, current.state, state)
-        if done is not None and state is SandboxState.RUNNING:
+            return None
+        final: dict[str, object] = {}
+        if state in {SandboxState.MISSING, SandboxState.FAILED}:
+            reason = "host no longer has it" if state is SandboxState.MISSING else "failed on its host"
+            final = {"stopped_at": self._clock(), "stop_reason": f"{current.state.value}: {reason}"}
+        done = await _transition(self._store, rec.id, None, current.state, state, **final)
+        if done is None:
+            return None
+        if state is SandboxState.RUNNING:
             await self._on_resumed(done)
+        elif final:
+            self._on_paused(done)  # gone: the proxy forgets it
         _log.info("settled an interrupted pause/resume", sandbox_id=rec.id, state=state.value)
+        return state

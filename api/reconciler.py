@@ -2,7 +2,10 @@
 
 One pass, per host that is not removed:
 - the agent does not answer -> the host is marked ``unreachable`` (the scheduler skips it; a heartbeat revives it);
-- a sandbox the database has as running that the agent does not list, or lists as stopped/failed -> ``missing``;
+- a sandbox the database has as running or paused that the agent does not list, or lists as stopped/failed ->
+  ``missing`` (a paused sandbox is its files on the host: when the agent lists it as paused it is kept, resumable);
+- a row left ``pausing``/``resuming`` for longer than ``transition_grace`` (its API process died or hung mid-call)
+  -> settled from the agent's answer (`PauseResume.settle`, the same code a waiting ``connect`` uses);
 - a sandbox the agent runs that the database has no live record of (a create rolled back while the agent was
   away, a kill whose destroy call failed) and that is older than a grace period -> destroyed on the agent.
 The pass also stops running sandboxes whose end time passed (a safety net under the expiry jobs) and fails records
@@ -25,7 +28,7 @@ import structlog
 
 from wrenn.api.clock import Clock
 from wrenn.api.hosts import HostDirectory, HostService, HostState, set_state
-from wrenn.api.sandboxes import SandboxService
+from wrenn.api.sandboxes import SandboxService, SandboxState
 from wrenn.api.store import Store
 from wrenn.protocol.agent import SandboxState as AgentState
 from wrenn.protocol.errors import WrennError
@@ -33,6 +36,8 @@ from wrenn.protocol.errors import WrennError
 _log = structlog.get_logger("wrenn.api.reconciler")
 
 _GONE = (AgentState.STOPPED, AgentState.FAILED, AgentState.STOPPING)
+_CHECKED = frozenset({SandboxState.RUNNING, SandboxState.PAUSED})
+_IN_TRANSITION = frozenset({SandboxState.PAUSING, SandboxState.RESUMING})
 
 
 @dataclass
@@ -42,6 +47,7 @@ class PassReport:
     marked_missing: list[str] = field(default_factory=list)
     orphans_destroyed: list[str] = field(default_factory=list)
     failed_creates: list[str] = field(default_factory=list)
+    settled: dict[str, str] = field(default_factory=dict)
     expired: int = 0
 
 
@@ -54,6 +60,7 @@ async def reconcile_once(
     clock: Clock,
     orphan_grace: timedelta = timedelta(minutes=2),
     creating_grace: timedelta = timedelta(minutes=15),
+    transition_grace: timedelta = timedelta(minutes=2),
 ) -> PassReport:
     report = PassReport(
         expired=await sandboxes.expire_overdue(), failed_creates=await sandboxes.fail_stale_creates(creating_grace)
@@ -73,12 +80,21 @@ async def reconcile_once(
             continue
         on_agent = {s.sandbox_id: s for s in running}
         known = {rec.id: rec for rec in await sandboxes.live_on_host(host.id)}
+        stuck_before = clock() - transition_grace
         for rec in known.values():
             seen = on_agent.get(rec.id)
-            if rec.state.value != "running":
+            if rec.state in _IN_TRANSITION:
+                since = rec.transition_at or rec.started_at
+                if since < stuck_before:
+                    settled = await sandboxes.lifecycle.settle(rec)
+                    if settled is not None:
+                        report.settled[rec.id] = settled.value
+                continue
+            if rec.state not in _CHECKED:
                 continue  # creating: the create call owns it
             if seen is None or seen.state in _GONE:
-                await sandboxes.mark_lost(rec, "host no longer runs it")
+                reason = "host no longer runs it" if rec.state is SandboxState.RUNNING else "host lost its paused files"
+                await sandboxes.mark_lost(rec, reason)
                 report.marked_missing.append(rec.id)
         now = clock()
         for sandbox_id, info in on_agent.items():
@@ -87,13 +103,20 @@ async def reconcile_once(
             with contextlib.suppress(WrennError):
                 await agent.destroy_sandbox(sandbox_id)
                 report.orphans_destroyed.append(sandbox_id)
-    if report.marked_missing or report.orphans_destroyed or report.hosts_unreachable or report.failed_creates:
+    if (
+        report.marked_missing
+        or report.orphans_destroyed
+        or report.hosts_unreachable
+        or report.failed_creates
+        or report.settled
+    ):
         _log.info(
             "reconciled",
             missing=report.marked_missing,
             orphans=report.orphans_destroyed,
             unreachable=report.hosts_unreachable,
             failed_creates=report.failed_creates,
+            settled=report.settled,
         )
     return report
 
@@ -110,8 +133,16 @@ class Reconciler:
         sandboxes: SandboxService,
         clock: Clock,
         interval_s: float,
+        transition_grace: timedelta = timedelta(minutes=2),
     ) -> None:
-        self._args = {"store": store, "hosts": hosts, "directory": directory, "sandboxes": sandboxes, "clock": clock}
+        self._args = {
+            "store": store,
+            "hosts": hosts,
+            "directory": directory,
+            "sandboxes": sandboxes,
+            "clock": clock,
+            "transition_grace": transition_grace,
+        }
         self._interval = interval_s
         self._task: asyncio.Task[None] | None = None
 

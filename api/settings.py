@@ -55,6 +55,18 @@ class Settings(BaseSettings):
     host_heartbeat_interval_s: int = Field(default=10, ge=1, description="how often agents send heartbeats")
     host_heartbeat_ttl_s: float = Field(default=60.0, gt=0, description="a host silent this long gets no sandboxes")
     reconcile_interval_s: float = Field(default=30.0, gt=0, description="how often the DB is checked against agents")
+    sandbox_activity_interval_s: float = Field(
+        default=5.0, gt=0, description="proxy traffic bumps a sandbox's end time at most once per this many seconds"
+    )
+    proxy_drain_grace_s: float = Field(
+        default=10.0, ge=0, description="a pause lets in-flight proxy requests finish for up to this long, then cuts"
+    )
+    proxy_resume_wait_s: float = Field(
+        default=60.0, gt=0, description="a request that auto-resumes a paused sandbox waits at most this long"
+    )
+    transition_settle_s: float = Field(
+        default=120.0, gt=0, description="the reconciler settles rows stuck pausing/resuming for longer than this"
+    )
     ca_dir: Path | None = Field(
         default=None,
         description="internal CA (wrenn.provision.ca): agents get certificates at registration, calls use mutual TLS",

@@ -6,7 +6,13 @@ Failures answer like E2B's proxy: ``502 {"sandboxId", "message", "code"}`` for a
 and for a port nobody listens on.
 
 Open streams are registered per sandbox so that killing a sandbox cuts them (`SandboxProxy.cut`) instead of leaving
-clients hanging on a VM that is gone.
+clients hanging on a VM that is gone, and so that a pause can drain them first (`SandboxProxy.drain`: new requests
+stop being routed, open ones get a grace period to finish, the rest are cut).
+
+A request for a paused sandbox created with ``autoResume: {enabled: true}`` resumes it (`ProxyBackend.auto_resume`; one
+resume per sandbox however many requests wait for it, each waiting at most ``resume_wait_s``) and is then forwarded.
+Every forwarded request, and every chunk or message a stream carries, is reported as activity
+(`ProxyBackend.touch`, which must be cheap: the sandbox domain coalesces it).
 """
 
 from __future__ import annotations
@@ -66,12 +72,24 @@ class ProxyTarget:
     envd_port: int
     access_token: str | None
     running: bool
+    paused: bool = False
+    """Pausing, paused or resuming (resumable), as opposed to stopped."""
+    auto_resume: bool = False
+    idle_timeout_s: int | None = None
 
 
 class ProxyBackend(Protocol):
     """What the proxy needs from the sandbox domain."""
 
     async def proxy_target(self, sandbox_id: str) -> ProxyTarget | None: ...
+
+    def touch(self, sandbox_id: str, idle_timeout_s: int | None) -> None:
+        """Traffic reached the sandbox now (called per request and per streamed chunk: must not block)."""
+        ...
+
+    async def auto_resume(self, sandbox_id: str) -> None:
+        """Resume a paused sandbox for its traffic (auto-resume); raises a `WrennError` when it cannot."""
+        ...
 
     async def team_of_api_key(self, api_key: str) -> str | None: ...
 
@@ -103,15 +121,21 @@ class SandboxProxy:
         *,
         domain: str,
         cache_ttl_s: float = 1.0,
+        resume_wait_s: float = 60.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.api = api
         self._backend = backend
         self._domain = domain
         self._cache_ttl_s = cache_ttl_s
+        self._resume_wait_s = resume_wait_s
         self._cache: dict[str, tuple[float, ProxyTarget | None]] = {}
         self._key_cache: dict[str, tuple[float, str | None]] = {}
         self._streams: dict[str, set[_Stream]] = {}
+        # Bumped when a drain starts: a route looked up before it may predate the pause and is looked up again.
+        self._generation: dict[str, int] = {}
+        self._drained: dict[str, asyncio.Event] = {}
+        self._resumes: dict[str, asyncio.Task[None]] = {}
         # One connection pool per sandbox, closed when the sandbox stops: addresses are reused by later sandboxes
         # (slots), and a kept-alive connection to a VM that vanished without a FIN would otherwise be reused.
         self._transport = transport
@@ -128,6 +152,11 @@ class SandboxProxy:
         await self.aclose()
 
     async def aclose(self) -> None:
+        resumes, self._resumes = list(self._resumes.values()), {}
+        for task in resumes:
+            task.cancel()
+        if resumes:
+            await asyncio.gather(*resumes, return_exceptions=True)
         for streams in self._streams.values():
             for stream in streams:
                 stream.cut.set()
@@ -177,6 +206,25 @@ class SandboxProxy:
     def open_streams(self, sandbox_id: str) -> int:
         return len(self._streams.get(sandbox_id, ()))
 
+    async def drain(self, sandbox_id: str, grace_s: float) -> int:
+        """Before a pause: stop routing new requests to the sandbox (its recorded state already says pausing; routes
+        looked up earlier are looked up again), let the open ones finish for up to ``grace_s``, then cut what is
+        left (long-lived streams). Returns how many were cut."""
+        self._generation[sandbox_id] = self._generation.get(sandbox_id, 0) + 1
+        self.invalidate(sandbox_id)
+        if self._streams.get(sandbox_id):
+            drained = self._drained.setdefault(sandbox_id, asyncio.Event())
+            try:
+                async with asyncio.timeout(grace_s):
+                    await drained.wait()
+            except TimeoutError:
+                pass
+            finally:
+                self._drained.pop(sandbox_id, None)
+        cut = self.cut(sandbox_id)
+        _log.info("sandbox drained for a pause: %s (%d streams cut after %.1f s grace)", sandbox_id, cut, grace_s)
+        return cut
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.api(scope, receive, send)
@@ -196,9 +244,17 @@ class SandboxProxy:
                 return
             await self.api(scope, receive, send)
             return
-        target = await self._authorize(scope, send, key, headers)
-        if target is None:
+        for _attempt in range(3):
+            generation = self._generation.get(key.sandbox_id, 0)
+            target = await self._authorize(scope, send, key, headers)
+            if target is None:
+                return
+            if self._generation.get(key.sandbox_id, 0) == generation:
+                break  # no drain began while we looked: the stream opened below is one a drain will wait for
+        else:
+            await _not_found(send, scope, key.sandbox_id)
             return
+        self._backend.touch(key.sandbox_id, target.idle_timeout_s)
         if scope["type"] == "websocket":
             await self._proxy_websocket(scope, receive, send, key, headers, target)
             return
@@ -228,9 +284,10 @@ class SandboxProxy:
         return RouteKey(sandbox_id, ENVD_PORT) if sandbox_id else None
 
     async def _authorize(self, scope: Scope, send: Send, key: RouteKey, headers: dict[str, str]) -> ProxyTarget | None:
-        """The sandbox's route when the caller may reach it; otherwise the error is sent and None returned."""
+        """The sandbox's route when the caller may reach it (resumed first where auto-resume is on); otherwise the
+        error is sent and None returned."""
         target = await self._target(key.sandbox_id)
-        if target is None or not target.running:
+        if target is None or not (target.running or (target.paused and target.auto_resume)):
             await _not_found(send, scope, key.sandbox_id)
             return None
         api_key = headers.get("x-api-key")
@@ -248,7 +305,43 @@ class SandboxProxy:
                 send, scope, 401, {"code": 401, "message": "unauthorized access, please provide a valid access token"}
             )
             return None
-        return target
+        if target.running:
+            return target
+        error = await self._wake(key.sandbox_id)  # paused with auto-resume, and the caller may reach it
+        if error is None:
+            target = await self._target(key.sandbox_id)
+            if target is not None and target.running:
+                return target
+            error = "The sandbox stopped while it was resumed"
+        await _not_found(send, scope, key.sandbox_id, error)
+        return None
+
+    async def _wake(self, sandbox_id: str) -> str | None:
+        """Resume a paused sandbox for the requests waiting on it: one resume, each waiter bounded. None on success,
+        else the message for the 502."""
+        task = self._resumes.get(sandbox_id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._backend.auto_resume(sandbox_id))
+            self._resumes[sandbox_id] = task
+
+            def done(finished: asyncio.Task[None]) -> None:
+                if self._resumes.get(sandbox_id) is finished:
+                    del self._resumes[sandbox_id]
+                if not finished.cancelled() and finished.exception() is not None:
+                    _log.warning("auto-resume of %s failed: %r", sandbox_id, finished.exception())
+
+            task.add_done_callback(done)
+        try:
+            async with asyncio.timeout(self._resume_wait_s):
+                await asyncio.shield(task)
+        except TimeoutError:
+            return f"The sandbox did not resume within {self._resume_wait_s:g} s"
+        except Exception as exc:  # noqa: BLE001  # any failure of the resume is this request's 502
+            message = getattr(exc, "message", None) or type(exc).__name__
+            return f"The sandbox could not be resumed: {message}"
+        finally:
+            self.invalidate(sandbox_id)
+        return None
 
     def _open_stream(self, sandbox_id: str) -> _Stream:
         stream = _Stream()
@@ -261,6 +354,9 @@ class SandboxProxy:
             streams.discard(stream)
             if not streams:
                 self._streams.pop(sandbox_id, None)
+                drained = self._drained.get(sandbox_id)
+                if drained is not None:
+                    drained.set()
 
     async def _proxy_websocket(
         self, scope: Scope, receive: Receive, send: Send, key: RouteKey, headers: dict[str, str], target: ProxyTarget
@@ -273,18 +369,27 @@ class SandboxProxy:
             url += "?" + query.decode("latin-1")
         stream = self._open_stream(key.sandbox_id)
         try:
-            if not await relay_websocket(scope, receive, send, url, headers, stream.cut):
+            touch = self._toucher(key.sandbox_id, target.idle_timeout_s)
+            if not await relay_websocket(scope, receive, send, url, headers, stream.cut, on_data=touch):
                 _log.warning("sandbox websocket unreachable: %s %s", key.sandbox_id, url)
         finally:
             self._close_stream(key.sandbox_id, stream)
+
+    def _toucher(self, sandbox_id: str, idle_timeout_s: int | None) -> Callable[[], None]:
+        def touch() -> None:
+            self._backend.touch(sandbox_id, idle_timeout_s)
+
+        return touch
 
     async def _target(self, sandbox_id: str) -> ProxyTarget | None:
         now = time.monotonic()
         cached = self._cache.get(sandbox_id)
         if cached is not None and now - cached[0] < self._cache_ttl_s:
             return cached[1]
+        generation = self._generation.get(sandbox_id, 0)
         target = await self._backend.proxy_target(sandbox_id)
-        self._cache[sandbox_id] = (now, target)
+        if self._generation.get(sandbox_id, 0) == generation:  # not read across the start of a drain
+            self._cache[sandbox_id] = (now, target)
         return target
 
     async def _team_of(self, api_key: str) -> str | None:
@@ -336,7 +441,8 @@ class SandboxProxy:
                 await _not_found(send, scope, key.sandbox_id)
                 return
             try:
-                await self._relay(upstream, scope, receive, send, stream, body_done)
+                touch = self._toucher(key.sandbox_id, target.idle_timeout_s)
+                await self._relay(upstream, scope, receive, send, stream, body_done, touch)
             finally:
                 await upstream.aclose()
         finally:
@@ -350,6 +456,7 @@ class SandboxProxy:
         send: Send,
         stream: _Stream,
         body_done: asyncio.Event,
+        touch: Callable[[], None],
     ) -> None:
         out_headers = [
             (k.encode("latin-1"), v.encode("latin-1"))
@@ -364,6 +471,7 @@ class SandboxProxy:
         async def pump() -> None:
             async for chunk in upstream.aiter_raw():
                 if chunk:
+                    touch()  # a stream that carries data (output, keepalive pings) is activity
                     await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
 

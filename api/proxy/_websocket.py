@@ -50,8 +50,11 @@ async def relay_websocket(
     url: str,
     headers: dict[str, str],
     cut: asyncio.Event,
+    *,
+    on_data: Callable[[], None] | None = None,
 ) -> bool:
-    """Relay one WebSocket; False when the sandbox did not accept the upstream handshake."""
+    """Relay one WebSocket; False when the sandbox did not accept the upstream handshake. ``on_data`` is called
+    for every message either way (activity)."""
     first = await receive()
     if first["type"] != "websocket.connect":
         return True
@@ -73,7 +76,7 @@ async def relay_websocket(
         return False
     try:
         await send({"type": "websocket.accept", "subprotocol": upstream.subprotocol})
-        await _pump(upstream, receive, send, cut)
+        await _pump(upstream, receive, send, cut, on_data or _nothing)
     finally:
         await upstream.close()
     return True
@@ -84,6 +87,7 @@ async def _pump(
     receive: Callable[[], Awaitable[Message]],
     send: Callable[[Message], Awaitable[None]],
     cut: asyncio.Event,
+    on_data: Callable[[], None],
 ) -> None:
     client_closed = False
 
@@ -95,6 +99,7 @@ async def _pump(
                 client_closed = True
                 await upstream.close(code=message.get("code", 1000) or 1000)
                 return
+            on_data()
             if message.get("bytes") is not None:
                 await upstream.send(message["bytes"])
             elif message.get("text") is not None:
@@ -103,6 +108,7 @@ async def _pump(
     async def from_upstream() -> None:
         with contextlib.suppress(ConnectionClosed):
             async for data in upstream:
+                on_data()
                 if isinstance(data, bytes):
                     await send({"type": "websocket.send", "bytes": data})
                 else:
@@ -126,3 +132,7 @@ async def _pump(
     code = GOING_AWAY if cut.is_set() else (upstream.close_code or 1000)
     with contextlib.suppress(OSError, RuntimeError):
         await send({"type": "websocket.close", "code": code})
+
+
+def _nothing() -> None:
+    pass

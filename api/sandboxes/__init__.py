@@ -7,6 +7,7 @@ traffic proxy, with the reconciler running in the lifespan.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import falcon.asgi
@@ -61,8 +62,11 @@ def register(app: falcon.asgi.App[Any, Any], deps: Deps) -> None:
             heartbeat_ttl_s=s.host_heartbeat_ttl_s,
             internet_default=s.sandbox_internet,
             vcpu_overcommit=s.scheduler_vcpu_overcommit,
+            activity_interval_s=s.sandbox_activity_interval_s,
+            drain_grace_s=s.proxy_drain_grace_s,
         ),
     )
+    service.lifecycle.transition_wait_s = s.transition_settle_s
     service.register_jobs()
     deps.extras["sandboxes"] = service
     deps.on_shutdown(service.aclose)
@@ -81,6 +85,7 @@ def register(app: falcon.asgi.App[Any, Any], deps: Deps) -> None:
             sandboxes=service,
             clock=deps.clock,
             interval_s=s.reconcile_interval_s,
+            transition_grace=timedelta(seconds=s.transition_settle_s),
         )
         reconciler.start()
         deps.on_shutdown(reconciler.aclose)
@@ -94,8 +99,9 @@ def create_public_app(settings: Settings, **kwargs: Any) -> SandboxProxy:
 
     app = create_app(settings, **kwargs)
     deps = deps_of(app)
-    proxy = SandboxProxy(app, service_of(deps), domain=settings.domain)
+    proxy = SandboxProxy(app, service_of(deps), domain=settings.domain, resume_wait_s=settings.proxy_resume_wait_s)
     service_of(deps).on_stop(proxy.cut)
     service_of(deps).on_start(proxy.remember)
+    service_of(deps).on_pausing(proxy.drain)
     deps.on_shutdown(proxy.aclose)
     return proxy

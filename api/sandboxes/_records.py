@@ -6,7 +6,7 @@ import enum
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg.types.json import Jsonb
@@ -65,6 +65,12 @@ class SandboxRecord:
     stopped_at: datetime | None
     stop_reason: str | None
     idempotency_key: str | None = None
+    auto_resume: bool = False
+    idle_timeout_s: int | None = None
+    """The TTL last granted (create, set_timeout, resume): activity keeps ``end_at`` at least this far ahead."""
+    ttl_set_at: datetime | None = None
+    """When an explicit call last set the TTL; activity never moves ``end_at`` past this + `ACTIVITY_CAP`."""
+    transition_at: datetime | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> SandboxRecord:
@@ -89,6 +95,10 @@ class SandboxRecord:
             stopped_at=row["stopped_at"],
             stop_reason=row["stop_reason"],
             idempotency_key=row.get("idempotency_key"),
+            auto_resume=bool(row.get("auto_resume", False)),
+            idle_timeout_s=row.get("idle_timeout_s"),
+            ttl_set_at=row.get("ttl_set_at"),
+            transition_at=row.get("transition_at"),
         )
 
 
@@ -97,8 +107,9 @@ async def insert(conn: Connection, rec: SandboxRecord) -> None:
         """
         INSERT INTO sandboxes (id, team_id, host_id, template, state, metadata, vcpus, memory_mb, disk_mb,
                                envd_address, envd_version, envd_token, allow_internet, auto_pause,
-                               created_at, started_at, end_at, idempotency_key)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                               created_at, started_at, end_at, idempotency_key, auto_resume, idle_timeout_s,
+                               ttl_set_at)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
         """,
         (
             rec.id,
@@ -119,6 +130,9 @@ async def insert(conn: Connection, rec: SandboxRecord) -> None:
             rec.started_at,
             rec.end_at,
             rec.idempotency_key,
+            rec.auto_resume,
+            rec.idle_timeout_s,
+            rec.ttl_set_at,
         ),
     )
 
@@ -198,23 +212,65 @@ async def stop(store: Store, sandbox_id: str, *, state: SandboxState, reason: st
     return row is not None
 
 
-async def set_end(store: Store, sandbox_id: str, team_id: uuid.UUID | None, end_at: datetime) -> bool:
+async def set_end(
+    store: Store, sandbox_id: str, team_id: uuid.UUID | None, end_at: datetime, *, timeout_s: int, at: datetime
+) -> bool:
+    """``set_timeout``: the end time is overwritten and ``timeout_s`` becomes the sandbox's idle window."""
     row = await store.fetch_one(
-        "UPDATE sandboxes SET end_at = %s WHERE id = %s AND state = 'running' "
+        "UPDATE sandboxes SET end_at = %s, idle_timeout_s = %s, ttl_set_at = %s WHERE id = %s AND state = 'running' "
         "AND (%s::uuid IS NULL OR team_id = %s::uuid) RETURNING id",
-        (end_at, sandbox_id, team_id, team_id),
+        (end_at, timeout_s, at, sandbox_id, team_id, team_id),
     )
     return row is not None
 
 
-async def extend_end(store: Store, sandbox_id: str, team_id: uuid.UUID | None, end_at: datetime) -> bool:
+async def extend_end(
+    store: Store, sandbox_id: str, team_id: uuid.UUID | None, end_at: datetime, *, at: datetime
+) -> bool:
     """Push the end time out to ``end_at`` unless it is already later (connect and refresh only extend)."""
     row = await store.fetch_one(
-        "UPDATE sandboxes SET end_at = GREATEST(end_at, %s) WHERE id = %s AND state = 'running' "
+        "UPDATE sandboxes SET end_at = GREATEST(end_at, %s), ttl_set_at = %s WHERE id = %s AND state = 'running' "
         "AND (%s::uuid IS NULL OR team_id = %s::uuid) RETURNING id",
-        (end_at, sandbox_id, team_id, team_id),
+        (end_at, at, sandbox_id, team_id, team_id),
     )
     return row is not None
+
+
+ACTIVITY_CAP = timedelta(seconds=86400)
+"""Activity never moves a sandbox's end past the last explicit TTL call + this (E2B's longest TTL, 24 h)."""
+
+
+async def record_activity(store: Store, seen: Mapping[str, datetime]) -> dict[str, datetime]:
+    """Activity seen at ``seen[id]`` keeps each running sandbox's end at least ``idle_timeout_s`` after it (never
+    shortened, never past ``ttl_set_at + ACTIVITY_CAP``). One statement for all of them; returns the new end times
+    of the sandboxes that were running. A lost commit (``synchronous_commit off``) only costs one bump."""
+    if not seen:
+        return {}
+    ids = list(seen)
+    async with store.transaction() as conn:
+        await conn.execute("SET LOCAL synchronous_commit TO off")
+        cur = await conn.execute(
+            """
+            UPDATE sandboxes s SET end_at = GREATEST(
+                s.end_at,
+                LEAST(a.seen + make_interval(secs => s.idle_timeout_s), COALESCE(s.ttl_set_at, s.started_at) + %s))
+            FROM unnest(%s::text[], %s::timestamptz[]) AS a(id, seen)
+            WHERE s.id = a.id AND s.state = 'running' AND s.idle_timeout_s IS NOT NULL
+            RETURNING s.id, s.end_at
+            """,
+            (ACTIVITY_CAP, ids, [seen[i] for i in ids]),
+        )
+        return {row["id"]: row["end_at"] for row in await cur.fetchall()}
+
+
+async def stuck_transitions(store: Store, host_id: str, before: datetime) -> list[SandboxRecord]:
+    """Rows of a host left ``pausing``/``resuming`` since before ``before`` (their control plane died or hung)."""
+    rows = await store.fetch_all(
+        "SELECT * FROM sandboxes WHERE host_id = %s AND state IN ('pausing', 'resuming') "
+        "AND COALESCE(transition_at, paused_at, started_at) < %s",
+        (host_id, before),
+    )
+    return [SandboxRecord.from_row(r) for r in rows]
 
 
 async def list_live(

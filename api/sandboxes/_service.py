@@ -38,6 +38,7 @@ from wrenn.api.jobs import Job, JobQueue
 from wrenn.api.lifecycle import PauseResume
 from wrenn.api.proxy import ENVD_PORT, ProxyTarget
 from wrenn.api.sandboxes import _records as records
+from wrenn.api.sandboxes._activity import ActivityTracker
 from wrenn.api.sandboxes._models import (
     Lifecycle,
     ListedSandbox,
@@ -55,6 +56,8 @@ _log = structlog.get_logger("wrenn.api.sandboxes")
 
 EXPIRE_JOB = "sandbox.expire"
 CLIENT_ID = "wrenn"
+_RESUMABLE = frozenset({SandboxState.PAUSING, SandboxState.PAUSED, SandboxState.RESUMING})
+_AUTO_RESUME_TIMEOUT_S = 300  # records from before migration 0102 carry no idle window
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,10 @@ class SandboxConfig:
     heartbeat_ttl_s: float = 60.0
     internet_default: bool = False
     vcpu_overcommit: float = 16.0
+    activity_interval_s: float = 5.0
+    """At most one end-time bump per sandbox per this many seconds for proxy traffic (`ActivityTracker`)."""
+    drain_grace_s: float = 10.0
+    """How long a pause lets in-flight proxy requests finish before it cuts them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,11 +133,20 @@ class SandboxService:
         self.config = config
         self._stop_listeners: list[Callable[[str], object]] = []
         self._start_listeners: list[Callable[[ProxyTarget], object]] = []
+        self._pausing_listeners: list[Callable[[str, float], Awaitable[object]]] = []
+        self.activity = ActivityTracker(
+            lambda seen: records.record_activity(store, seen), clock, interval_s=config.activity_interval_s
+        )
         self._http: httpx.AsyncClient | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.resolve_snapshot: Callable[[uuid.UUID, str], Awaitable[tuple[str, int, int] | None]] = _no_snapshots
         self.lifecycle = PauseResume(
-            store=store, hosts=hosts, clock=clock, on_paused=self._paused, on_resumed=self._resumed
+            store=store,
+            hosts=hosts,
+            clock=clock,
+            on_pausing=self._pausing,
+            on_paused=self._paused,
+            on_resumed=self._resumed,
         )
 
     def on_stop(self, listener: Callable[[str], object]) -> None:
@@ -141,6 +157,10 @@ class SandboxService:
         """Call ``listener(target)`` when a sandbox starts running (the proxy learns its route without a query)."""
         self._start_listeners.append(listener)
 
+    def on_pausing(self, listener: Callable[[str, float], Awaitable[object]]) -> None:
+        """Await ``listener(sandbox_id, grace_s)`` before a sandbox's VM is paused (the proxy drains it)."""
+        self._pausing_listeners.append(listener)
+
     def register_jobs(self) -> None:
         self._queue.register(EXPIRE_JOB, self._expire_job)
 
@@ -149,15 +169,21 @@ class SandboxService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def _enqueue_expiry(self, sandbox_id: str, end_at: datetime) -> None:
+        """One expiry job per sandbox and end time (activity re-queues it; see `_expire_job`)."""
+        key = f"{EXPIRE_JOB}:{sandbox_id}:{end_at.timestamp():.3f}"
+        await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=end_at, dedupe_key=key)
+
     async def _queue_expiry(self, sandbox_id: str, end_at: datetime) -> None:
         try:
-            await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=end_at)
+            await self._enqueue_expiry(sandbox_id, end_at)
         except WrennError as exc:
             _log.warning(
                 "expiry job not queued; the reconciler sweep will stop it", sandbox_id=sandbox_id, error=exc.message
             )
 
     async def aclose(self) -> None:
+        await self.activity.aclose()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._http is not None:
@@ -204,6 +230,9 @@ class SandboxService:
             stopped_at=None,
             stop_reason=None,
             idempotency_key=idempotency_key,
+            auto_resume=body.auto_resume is not None and body.auto_resume.enabled,
+            idle_timeout_s=body.timeout,
+            ttl_set_at=now,
         )
         try:
             async with self._store.transaction() as conn:
@@ -297,7 +326,7 @@ class SandboxService:
             envd_access_token=rec.envd_token,
             allow_internet_access=rec.allow_internet,
             domain=self.config.domain,
-            lifecycle=Lifecycle(auto_resume=False, on_timeout="pause" if rec.auto_pause else "kill"),
+            lifecycle=Lifecycle(auto_resume=rec.auto_resume, on_timeout="pause" if rec.auto_pause else "kill"),
         )
 
     async def list_page(self, team_id: uuid.UUID | None, query: ListQuery) -> tuple[list[ListedSandbox], str | None]:
@@ -337,18 +366,22 @@ class SandboxService:
         await self._destroy_on_host(rec, "killed")
 
     async def set_timeout(self, team_id: uuid.UUID | None, sandbox_id: str, timeout_s: int) -> None:
-        end_at = self._clock() + timedelta(seconds=timeout_s)
-        if not await records.set_end(self._store, sandbox_id, team_id, end_at):
+        """E2B ``set_timeout``: the end is now + timeout (overwritten, may shorten) and the idle window becomes
+        ``timeout_s`` (docs/pause-resume.md, "Activity and the timeout")."""
+        now = self._clock()
+        end_at = now + timedelta(seconds=timeout_s)
+        if not await records.set_end(self._store, sandbox_id, team_id, end_at, timeout_s=timeout_s, at=now):
             raise NotFound(f"sandbox '{sandbox_id}' not found")
-        await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=end_at)
+        await self._enqueue_expiry(sandbox_id, end_at)
 
     async def connect(self, team_id: uuid.UUID | None, sandbox_id: str, timeout_s: int) -> SandboxCreated:
         """Connect to a running sandbox: extends (never shortens) its TTL. Paused sandboxes come with pause."""
-        end_at = self._clock() + timedelta(seconds=timeout_s)
-        if not await records.extend_end(self._store, sandbox_id, team_id, end_at):
+        now = self._clock()
+        end_at = now + timedelta(seconds=timeout_s)
+        if not await records.extend_end(self._store, sandbox_id, team_id, end_at, at=now):
             raise NotFound(f"sandbox '{sandbox_id}' not found")
         rec = await self._live(team_id, sandbox_id)
-        await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=rec.end_at)
+        await self._enqueue_expiry(sandbox_id, rec.end_at)
         return self._created(rec)
 
     async def pause(self, team_id: uuid.UUID | None, sandbox_id: str, *, memory: bool = True) -> None:
@@ -364,19 +397,29 @@ class SandboxService:
             return await self.connect(team_id, sandbox_id, timeout_s), False
         return self._created(rec), True
 
+    async def _pausing(self, rec: SandboxRecord) -> None:
+        """Before the VM stops: the proxy stops routing to it and drains its in-flight requests (bounded)."""
+        for listener in self._pausing_listeners:
+            try:
+                await listener(rec.id, self.config.drain_grace_s)
+            except Exception:  # noqa: BLE001  # a failed drain must not stop the pause; streams get cut below
+                _log.warning("drain before pause failed", sandbox_id=rec.id, exc_info=True)
+
     def _paused(self, rec: SandboxRecord) -> None:
-        self._notify(rec.id)  # the proxy forgets the route and cuts the sandbox's open streams
+        self._notify(rec.id)  # the proxy forgets the route and cuts whatever outlived the drain
 
     async def _resumed(self, rec: SandboxRecord) -> None:
         self._notify_start(rec)
-        await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": rec.id}, run_at=rec.end_at)
+        await self._enqueue_expiry(rec.id, rec.end_at)
 
     async def refresh(self, team_id: uuid.UUID | None, sandbox_id: str, duration_s: int) -> None:
-        end_at = self._clock() + timedelta(seconds=duration_s)
-        if not await records.extend_end(self._store, sandbox_id, team_id, end_at):
+        """The legacy keep-alive ping (``POST /sandboxes/{id}/refreshes``): extends, never shortens."""
+        now = self._clock()
+        end_at = now + timedelta(seconds=duration_s)
+        if not await records.extend_end(self._store, sandbox_id, team_id, end_at, at=now):
             raise NotFound(f"sandbox '{sandbox_id}' not found")
         rec = await self._live(team_id, sandbox_id)
-        await self._queue.enqueue(EXPIRE_JOB, {"sandbox_id": sandbox_id}, run_at=rec.end_at)
+        await self._enqueue_expiry(sandbox_id, rec.end_at)
 
     async def metrics(self, team_id: uuid.UUID | None, sandbox_id: str) -> list[SandboxMetric]:
         """One sample read from envd's ``GET /metrics`` now; [] when envd has none (no history is kept yet)."""
@@ -418,6 +461,22 @@ class SandboxService:
         if rec is None or rec.envd_address is None:
             return None
         return _target(rec)
+
+    def touch(self, sandbox_id: str, idle_timeout_s: int | None) -> None:
+        """Proxy traffic reached a running sandbox: coalesced into end-time bumps (`ActivityTracker`)."""
+        self.activity.touch(sandbox_id, idle_timeout_s)
+
+    async def auto_resume(self, sandbox_id: str) -> None:
+        """Resume a paused sandbox created with ``autoResume: {enabled: true}`` for proxy traffic, with the idle
+        window it had (its last TTL). Returns once it runs (or ran already); raises when it cannot resume."""
+        rec = await records.get(self._store, sandbox_id)
+        if rec is None or rec.state not in _RESUMABLE:
+            raise NotFound(f"sandbox '{sandbox_id}' is not paused")
+        if not rec.auto_resume:
+            raise Conflict(f"sandbox '{sandbox_id}' was not created with auto-resume")
+        timeout_s = rec.idle_timeout_s if rec.idle_timeout_s is not None else _AUTO_RESUME_TIMEOUT_S
+        if await self.lifecycle.resume(None, sandbox_id, timeout_s=timeout_s) is not None:
+            _log.info("sandbox auto-resumed by proxy traffic", sandbox_id=sandbox_id, timeout=timeout_s)
 
     def _notify_start(self, rec: SandboxRecord) -> None:
         target = _target(rec)
@@ -466,7 +525,9 @@ class SandboxService:
         if rec is None or rec.state is not SandboxState.RUNNING:
             return
         if rec.end_at > self._clock():
-            return  # the TTL was extended; the job queued for the new end time does it
+            # extended: by a call that queued its own job (deduplicated) or by activity, which queues none
+            await self._enqueue_expiry(rec.id, rec.end_at)
+            return
         await self._time_out(rec)
 
     async def _time_out(self, rec: SandboxRecord) -> None:
@@ -538,6 +599,7 @@ class SandboxService:
         _log.info("sandbox stopped", sandbox_id=rec.id, reason=reason)
 
     def _notify(self, sandbox_id: str) -> None:
+        self.activity.forget(sandbox_id)
         for listener in self._stop_listeners:
             with contextlib.suppress(Exception):
                 listener(sandbox_id)
@@ -571,4 +633,7 @@ def _target(rec: SandboxRecord) -> ProxyTarget:
         envd_port=int(port) if port.isdigit() else ENVD_PORT,
         access_token=rec.envd_token,
         running=rec.state is SandboxState.RUNNING,
+        paused=rec.state in _RESUMABLE,
+        auto_resume=rec.auto_resume,
+        idle_timeout_s=rec.idle_timeout_s,
     )

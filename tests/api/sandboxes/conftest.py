@@ -5,6 +5,7 @@ registration route, and two teams with API keys."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import socket
@@ -21,6 +22,7 @@ import uvicorn
 
 from tests.api.sandboxes.fake_agent import FakeAgent
 from wrenn.api.auth import new_api_key
+from wrenn.api.proxy import SandboxProxy
 from wrenn.api.sandboxes import create_public_app
 from wrenn.api.settings import Settings
 from wrenn.api.store import Store
@@ -78,10 +80,12 @@ class Stack:
     admin_password: str
     database_url: str
     host_id: str
+    app: SandboxProxy | None = None
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A new, empty database on the test server, dropped afterwards."""
     name = f"wrenn_test_sbx_{secrets.token_hex(4)}"
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -91,6 +95,12 @@ def database_url() -> Iterator[str]:
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
 
 
 async def _seed(database_url: str) -> tuple[str, str, uuid.UUID, str]:
@@ -109,16 +119,14 @@ async def _seed(database_url: str) -> tuple[str, str, uuid.UUID, str]:
     return boot.api_key, other.secret, boot.team_id, boot.password
 
 
-@pytest.fixture(scope="session")
-def stack(database_url: str) -> Iterator[Stack]:
-    settings = Settings(
-        database_url=database_url,
-        domain="localhost",
-        job_poll_seconds=0.2,
-        reconcile_interval_s=3600,
-        host_heartbeat_ttl_s=3600,
-    )
-    api = ThreadServer(create_public_app(settings))
+@contextlib.contextmanager
+def running_stack(database_url: str, **overrides: Any) -> Iterator[Stack]:
+    """The public app (with `Settings` ``overrides``) and a fake agent registered with it, until the block ends.
+    ``database_url`` is seeded (admin, a second team) on first use."""
+    knobs: dict[str, Any] = {"job_poll_seconds": 0.2, "reconcile_interval_s": 3600, "host_heartbeat_ttl_s": 3600}
+    settings = Settings(database_url=database_url, domain="localhost", **(knobs | overrides))
+    public = create_public_app(settings)
+    api = ThreadServer(public)
     agent = FakeAgent()
     agent_server = ThreadServer(agent.app())
     api.start()
@@ -150,11 +158,18 @@ def stack(database_url: str) -> Iterator[Stack]:
             admin_password=password,
             database_url=database_url,
             host_id=registered.json()["host_id"],
+            app=public,
         )
     finally:
         api.stop()
         agent_server.stop()
         agent.close()
+
+
+@pytest.fixture(scope="session")
+def stack(database_url: str) -> Iterator[Stack]:
+    with running_stack(database_url) as running:
+        yield running
 
 
 @pytest.fixture

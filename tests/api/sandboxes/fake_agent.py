@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import tempfile
@@ -29,12 +30,16 @@ class _Sandbox:
         self.proc = proc
         self.port = port
         self.created_at = datetime.now(UTC)
+        self.paused = False
 
     def info(self) -> SandboxInfo:
+        state = SandboxState.RUNNING if self.proc.poll() is None else SandboxState.STOPPED
+        if self.paused and state is SandboxState.RUNNING:
+            state = SandboxState.PAUSED
         return SandboxInfo(
             sandbox_id=self.spec.sandbox_id,
             template=self.spec.template,
-            state=SandboxState.RUNNING if self.proc.poll() is None else SandboxState.STOPPED,
+            state=state,
             vcpus=self.spec.vcpus,
             memory_mb=self.spec.memory_mb,
             disk_mb=self.spec.disk_mb,
@@ -59,6 +64,11 @@ class FakeAgent:
         self._kept: list[subprocess.Popen[bytes]] = []
         self.fail_next_create = False
         self.creates = 0
+        # pause = SIGSTOP of the sandbox's envd (it stops answering, like a paused VM), resume = SIGCONT
+        self.pauses = 0
+        self.resumes = 0
+        self.resume_delay_s = 0.0
+        self.fail_next_resume = False
         self._tmp = tempfile.TemporaryDirectory(prefix="wrenn-fake-agent-")
 
     def host_info(self) -> HostInfo:
@@ -116,10 +126,37 @@ class FakeAgent:
             raise
         return proc, port
 
+    def pause(self, sandbox_id: str) -> SandboxInfo | None:
+        sandbox = self.sandboxes.get(sandbox_id)
+        if sandbox is None or sandbox.paused:
+            return None
+        self.pauses += 1
+        sandbox.proc.send_signal(signal.SIGSTOP)
+        sandbox.paused = True
+        return sandbox.info()
+
+    async def resume(self, sandbox_id: str) -> SandboxInfo | None:
+        sandbox = self.sandboxes.get(sandbox_id)
+        if sandbox is None:
+            return None
+        if not sandbox.paused:
+            return sandbox.info()
+        self.resumes += 1
+        if self.resume_delay_s:
+            await asyncio.sleep(self.resume_delay_s)  # a restore that takes this long
+        if self.fail_next_resume:
+            self.fail_next_resume = False
+            raise RuntimeError("restore failed")
+        sandbox.proc.send_signal(signal.SIGCONT)
+        sandbox.paused = False
+        return sandbox.info()
+
     def destroy(self, sandbox_id: str) -> bool:
         sandbox = self.sandboxes.pop(sandbox_id, None)
         if sandbox is None:
             return False
+        if sandbox.paused:
+            sandbox.proc.send_signal(signal.SIGCONT)
         if self.keep_envd_on_destroy:
             self._kept.append(sandbox.proc)
         elif not self.shared_envd:
@@ -173,10 +210,35 @@ class FakeAgent:
                 agent.destroy(sandbox_id)
                 resp.status = 204
 
+        class Pause:
+            async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str) -> None:
+                if sandbox_id not in agent.sandboxes:
+                    send(resp, 404, {"code": 404, "message": "no such sandbox"})
+                    return
+                info = agent.pause(sandbox_id)
+                if info is None:
+                    send(resp, 409, {"code": 409, "message": "already paused"})
+                    return
+                send(resp, 200, info.model_dump(mode="json"))
+
+        class Resume:
+            async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response, sandbox_id: str) -> None:
+                try:
+                    info = await agent.resume(sandbox_id)
+                except RuntimeError as exc:
+                    send(resp, 503, {"code": 503, "message": str(exc)})
+                    return
+                if info is None:
+                    send(resp, 404, {"code": 404, "message": "no such sandbox"})
+                    return
+                send(resp, 201, info.model_dump(mode="json"))
+
         app: falcon.asgi.App[Any, Any] = falcon.asgi.App()
         app.add_route("/v1/health", Health())
         app.add_route("/v1/sandboxes", Sandboxes())
         app.add_route("/v1/sandboxes/{sandbox_id}", Sandbox())
+        app.add_route("/v1/sandboxes/{sandbox_id}/pause", Pause())
+        app.add_route("/v1/sandboxes/{sandbox_id}/resume", Resume())
         return app
 
 
