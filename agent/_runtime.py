@@ -1,9 +1,12 @@
 """`AgentRuntime`: the host agent's composition root — builds the parts from `AgentSettings`, opens them in order
-(envd client, host resources + sandbox manager with recovery, registration), closes them in reverse."""
+(envd client, host resources + sandbox manager with recovery, registration, the host certificate keeper), closes
+them in reverse. After `start`, `server_tls` is what the listener serves with (`wrenn.agent.tls.server_tls`)."""
 
 from __future__ import annotations
 
 import contextlib
+import ssl
+from datetime import UTC, datetime
 
 import structlog
 
@@ -14,7 +17,9 @@ from wrenn.agent.sandboxes import Limits, SandboxManager
 from wrenn.agent.settings import AgentSettings
 from wrenn.agent.state import StateStore
 from wrenn.agent.templates import WarmTemplates
+from wrenn.agent.tls import HostCertificateKeeper, HostTlsFiles, server_tls, uses_issued_certificate
 from wrenn.protocol.errors import Conflict
+from wrenn.provision.ca import ReloadingServerContext
 
 _log = structlog.get_logger(__name__)
 
@@ -27,6 +32,8 @@ class AgentRuntime:
         self._stack: contextlib.AsyncExitStack | None = None
         self._manager: SandboxManager | None = None
         self.registration: Registration | None = None
+        self.certificates: HostCertificateKeeper | None = None
+        self.server_tls: ReloadingServerContext | ssl.SSLContext | None = None
 
     @property
     def manager(self) -> SandboxManager:
@@ -78,6 +85,7 @@ class AgentRuntime:
             await stack.enter_async_context(manager)
             identity = load_identity(settings.data_dir)
             manager.host_id = identity.host_id if identity else (settings.name or "local")
+            tls_files = HostTlsFiles(settings.tls_dir)
             if settings.api_url:
                 registration = Registration(
                     data_dir=settings.data_dir,
@@ -87,10 +95,25 @@ class AgentRuntime:
                     name=settings.name,
                     host_info=manager.host_info,
                     verify=str(settings.api_ca) if settings.api_ca else True,
+                    # no certificate files of our own: ask the control plane's CA for one (ignored without a CA)
+                    tls=tls_files if settings.tls_cert is None else None,
                 )
                 stack.push_async_callback(registration.aclose)
-                manager.host_id = (await registration.start()).host_id
+                identity = await registration.start()
+                manager.host_id = identity.host_id
                 self.registration = registration
+                if uses_issued_certificate(settings, identity):
+                    keeper = HostCertificateKeeper(
+                        files=tls_files,
+                        registration=registration,
+                        name=registration.name,
+                        clock=lambda: datetime.now(UTC),
+                        crl_refresh_s=settings.crl_refresh_s,
+                    )
+                    self.certificates = await stack.enter_async_context(keeper)
+            elif uses_issued_certificate(settings, identity):
+                _log.warning("no control plane URL: the issued certificate is served but never renewed")
+            self.server_tls = server_tls(settings, identity)
             self._manager = manager
             self._stack = stack.pop_all()
         _log.info("host agent started", host_id=self._manager.host_id, sandboxes=len(self._manager.list()))
@@ -100,3 +123,10 @@ class AgentRuntime:
             stack, self._stack = self._stack, None
             await stack.aclose()
         self._manager = None
+        self.certificates = None
+        self.server_tls = None
+
+    def refresh_tls(self) -> None:
+        """Renew the host certificate and fetch the CRL now (``SIGHUP``); nothing without an issued certificate."""
+        if self.certificates is not None:
+            self.certificates.refresh_now()

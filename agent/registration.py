@@ -6,6 +6,11 @@ CA) is written to ``<data>/host.json`` (mode 0600), so a restarted agent never r
 ``POST {api}/v1/hosts/{host_id}/heartbeat`` with ``Authorization: Bearer <host_secret>`` and the current `HostInfo`
 every ``heartbeat_interval_s``. Failures are logged and retried; a 401 on register is fatal (a used or expired
 token will not get better).
+
+With ``tls`` set (the agent has no certificate files of its own) registration sends ``csr_pem`` for a fresh key;
+when the control plane runs a CA it answers with the host certificate, and key, certificate and CA are written to
+``tls`` (`wrenn.agent.tls`) before the identity. `renew_certificate` and `fetch_crl` are the two calls the agent's
+`HostCertificateKeeper` makes later, authenticated with the host secret.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 import structlog
@@ -23,7 +29,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from wrenn.protocol.agent import HostInfo
 from wrenn.protocol.errors import Unauthenticated, Unavailable, WrennError, error_for_status
-from wrenn.protocol.hosts import RegisteredHost, RegisterHost
+from wrenn.protocol.hosts import HostCertificate, HostCrl, RegisteredHost, RegisterHost, RenewHostCertificate
+from wrenn.provision.ca import generate_key_and_csr
+
+if TYPE_CHECKING:
+    from wrenn.agent.tls import HostTlsFiles
 
 _log = structlog.get_logger(__name__)
 
@@ -78,13 +88,15 @@ class Registration:
         host_info: Callable[[], Awaitable[HostInfo]],
         client: httpx.AsyncClient | None = None,
         verify: str | bool = True,
+        tls: HostTlsFiles | None = None,
     ) -> None:
         self._data_dir = data_dir
         self._api_url = api_url.rstrip("/")
         self._token = token
         self._address = address
-        self._name = name or socket.gethostname()
+        self.name = name or socket.gethostname()
         self._host_info = host_info
+        self._tls = tls
         self._client = client or httpx.AsyncClient(timeout=httpx.Timeout(15.0), verify=verify)
         self._task: asyncio.Task[None] | None = None
         self.identity: HostIdentity | None = None
@@ -119,7 +131,11 @@ class Registration:
         if not self._token:
             raise Unauthenticated("not registered yet and no registration token configured")
         info = await self._host_info()
-        body = RegisterHost(token=self._token, address=self._address, name=self._name, info=info)
+        key_pem: str | None = None
+        csr_pem: str | None = None
+        if self._tls is not None:
+            key_pem, csr_pem = await asyncio.to_thread(generate_key_and_csr, self.name)
+        body = RegisterHost(token=self._token, address=self._address, name=self.name, info=info, csr_pem=csr_pem)
         while True:
             try:
                 response = await self._client.post(
@@ -131,6 +147,14 @@ class Registration:
                 continue
             if response.status_code == 201:
                 registered = RegisteredHost.model_validate_json(response.content)
+                if self._tls is not None and key_pem is not None and registered.certificate_pem is not None:
+                    assert registered.ca_pem is not None
+                    await asyncio.to_thread(
+                        self._tls.write_registration,
+                        key_pem=key_pem,
+                        certificate_pem=registered.certificate_pem,
+                        ca_pem=registered.ca_pem,
+                    )
                 return HostIdentity(api_url=self._api_url, **registered.model_dump())
             error = _error(response)
             if response.status_code >= 500:
@@ -138,6 +162,30 @@ class Registration:
                 await asyncio.sleep(RETRY_S)
                 continue
             raise error
+
+    def _host_headers(self) -> tuple[str, dict[str, str]]:
+        if self.identity is None:
+            raise Unavailable("not registered with the control plane")
+        return self.identity.host_id, {"Authorization": f"Bearer {self.identity.host_secret}"}
+
+    async def renew_certificate(self, csr_pem: str) -> HostCertificate:
+        """A new host certificate for ``csr_pem`` (``POST /v1/hosts/{id}/certificate``)."""
+        host_id, headers = self._host_headers()
+        body = RenewHostCertificate(csr_pem=csr_pem).model_dump(mode="json")
+        response = await self._client.post(
+            f"{self._api_url}/v1/hosts/{host_id}/certificate", json=body, headers=headers
+        )
+        if response.status_code != 201:
+            raise _error(response)
+        return HostCertificate.model_validate_json(response.content)
+
+    async def fetch_crl(self) -> str:
+        """The CA's current revocation list (``GET /v1/hosts/{id}/crl``)."""
+        host_id, headers = self._host_headers()
+        response = await self._client.get(f"{self._api_url}/v1/hosts/{host_id}/crl", headers=headers)
+        if response.status_code != 200:
+            raise _error(response)
+        return HostCrl.model_validate_json(response.content).crl_pem
 
     async def _heartbeats(self, identity: HostIdentity) -> None:
         url = f"{self._api_url}/v1/hosts/{identity.host_id}/heartbeat"

@@ -35,9 +35,16 @@ class AgentSettings(BaseSettings):
     registration_token: str | None = None
     api_ca: Path | None = Field(default=None, description="CA bundle to verify the control plane's certificate")
 
-    tls_cert: Path | None = Field(default=None, description="server certificate (PEM); plain HTTP when unset")
+    tls_cert: Path | None = Field(
+        default=None,
+        description="server certificate (PEM) instead of the one the control plane issues at registration; "
+        "without either, plain HTTP",
+    )
     tls_key: Path | None = None
     tls_client_ca: Path | None = Field(default=None, description="CA that client certificates must chain to (mTLS)")
+    crl_refresh_s: float = Field(
+        default=300.0, gt=0, description="how often the internal CA's revocation list is fetched (issued certificate)"
+    )
 
     images_file: Path | None = Field(
         default=None, description="JSON table of development images (template -> kernel, rootfs, ...) to use"
@@ -66,6 +73,11 @@ class AgentSettings(BaseSettings):
     @property
     def templates_dir(self) -> Path:
         return self.data_dir / "templates"
+
+    @property
+    def tls_dir(self) -> Path:
+        """Key, certificate, CA and CRL from the control plane's internal CA (`wrenn.agent.tls`)."""
+        return self.data_dir / "tls"
 
     def listen_address(self) -> tuple[str, int]:
         host, _, port = self.listen.rpartition(":")

@@ -1,15 +1,23 @@
-"""`wrenn agent`: run the host agent (HTTPS + JSON API under uvicorn; plain HTTP when no certificate is set).
+"""`wrenn agent`: run the host agent (HTTPS + JSON API under uvicorn).
 
-Flags override the ``WRENN_AGENT_*`` environment (see `wrenn.agent.AgentSettings`). With ``--tls-client-ca`` the
-server requires a client certificate that chains to it (mutual TLS with the control plane).
+Flags override the ``WRENN_AGENT_*`` environment (see `wrenn.agent.AgentSettings`). TLS, in this order:
+``--tls-cert``/``--tls-key`` (with ``--tls-client-ca``: client certificates from that CA are required); otherwise
+the certificate the control plane's internal CA issued at registration (mutual TLS, renewed in the background,
+revocation list checked); plain HTTP only when the control plane runs no CA. ``SIGHUP`` renews the issued
+certificate and fetches the revocation list now.
 """
 
 from __future__ import annotations
 
 import argparse
-import ssl
+import asyncio
+import contextlib
+import signal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from wrenn.agent import AgentSettings
 
 
 def register(sub: Any) -> None:
@@ -29,9 +37,8 @@ def register(sub: Any) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import structlog
-    import uvicorn
 
-    from wrenn.agent import AgentSettings, create_agent_app
+    from wrenn.agent import AgentSettings
 
     overrides: dict[str, Any] = {
         name: value
@@ -59,12 +66,55 @@ def _run(args: argparse.Namespace) -> int:
             structlog.dev.ConsoleRenderer(colors=False),
         ]
     )
-    app, _runtime = create_agent_app(settings)
-    host, port = settings.listen_address()
-    tls: dict[str, Any] = {}
-    if settings.tls_cert is not None:
-        tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key or settings.tls_cert)}
-        if settings.tls_client_ca is not None:
-            tls |= {"ssl_ca_certs": str(settings.tls_client_ca), "ssl_cert_reqs": ssl.CERT_REQUIRED}
-    uvicorn.run(app, host=host, port=port, log_level="info", lifespan="on", **tls)
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):  # stopped during start-up
+        asyncio.run(_serve(settings))
     return 0
+
+
+async def _serve(settings: AgentSettings) -> None:
+    """Open the runtime (registration included), then listen with the TLS it decided on; close in reverse."""
+    import uvicorn
+
+    from wrenn.agent import AgentRuntime, create_agent_app
+    from wrenn.provision.ca import ReloadingServerContext
+
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    stops = (signal.SIGTERM, signal.SIGINT)
+    # During start-up (registration may wait for the control plane) SIGTERM/SIGINT cancel it, and what the runtime
+    # opened is closed again. While serving, uvicorn owns them; it re-raises the signal after it stopped, which
+    # must then not interrupt the runtime's shutdown: hence the no-op handlers.
+    for sig in stops:
+        loop.add_signal_handler(sig, main.cancel)
+    try:
+        runtime = AgentRuntime(settings)
+        app, _ = create_agent_app(settings, runtime)
+        async with runtime:
+            for sig in stops:
+                loop.add_signal_handler(sig, _ignore)
+            loop.add_signal_handler(signal.SIGHUP, runtime.refresh_tls)
+            tls = runtime.server_tls
+            context = tls.context if isinstance(tls, ReloadingServerContext) else tls
+            host, port = settings.listen_address()
+            config = uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="info",
+                # The runtime is already open (its TLS depends on the registration), so no ASGI lifespan.
+                lifespan="off",
+                # uvicorn would build its own SSLContext from file names (ssl_certfile=…) once, at start: a renewed
+                # certificate or a new CRL would need a restart. ssl_context_factory (uvicorn >= 0.47) is its
+                # supported way to hand it a context instead; ours is the ReloadingServerContext dispatcher, whose
+                # sni_callback gives every new handshake a context built from the files as they are now.
+                ssl_context_factory=None if context is None else (lambda _config, _default: context),
+            )
+            await uvicorn.Server(config).serve()
+    finally:
+        for sig in (*stops, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+
+def _ignore() -> None:
+    return None

@@ -126,6 +126,14 @@ async def heartbeat(store: Store, host_id: str, secret: str, info: HostInfo, now
     return row is not None
 
 
+async def authenticate(store: Store, host_id: str, secret: str) -> HostRecord | None:
+    """The host whose id and secret these are (not removed); None otherwise."""
+    row = await store.fetch_one(
+        "SELECT * FROM hosts WHERE id = %s AND secret_hash = %s AND state <> 'removed'", (host_id, secret_hash(secret))
+    )
+    return None if row is None else HostRecord.from_row(row)
+
+
 async def get_host(store: Store, host_id: str) -> HostRecord | None:
     row = await store.fetch_one("SELECT * FROM hosts WHERE id = %s", (host_id,))
     return None if row is None else HostRecord.from_row(row)

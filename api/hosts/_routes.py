@@ -1,4 +1,5 @@
-"""Host routes: tokens (admins), register and heartbeat (agents, authenticated by token / host secret), list."""
+"""Host routes: tokens (admins), register, heartbeat, certificate renewal and the CRL (agents, authenticated by
+token / host secret), list."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ from wrenn.api.auth import principal_of
 from wrenn.api.hosts._service import HostService
 from wrenn.api.openapi import Access, Operation
 from wrenn.protocol.errors import Forbidden, Unauthenticated
-from wrenn.protocol.hosts import CreateHostToken, HostInfo, HostToken, RegisteredHost, RegisterHost
+from wrenn.protocol.hosts import (
+    CreateHostToken,
+    HostCertificate,
+    HostCrl,
+    HostInfo,
+    HostToken,
+    RegisteredHost,
+    RegisterHost,
+    RenewHostCertificate,
+)
 
 _TAGS = ("hosts",)
 
@@ -37,6 +47,14 @@ def _require_admin(req: falcon.asgi.Request) -> None:
         raise Forbidden("only administrators manage hosts")
 
 
+def _host_secret(req: falcon.asgi.Request) -> str:
+    auth = req.get_header("Authorization") or ""
+    scheme, _, secret = auth.partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthenticated("missing host secret")
+    return secret.strip()
+
+
 def operations(service: HostService) -> list[Operation]:
     async def create_host_token(
         req: falcon.asgi.Request, resp: falcon.asgi.Response, body: CreateHostToken
@@ -50,11 +68,15 @@ def operations(service: HostService) -> list[Operation]:
     async def host_heartbeat(
         req: falcon.asgi.Request, resp: falcon.asgi.Response, host_id: str, body: HostInfo
     ) -> None:
-        auth = req.get_header("Authorization") or ""
-        scheme, _, secret = auth.partition(" ")
-        if scheme.lower() != "bearer" or not secret:
-            raise Unauthenticated("missing host secret")
-        await service.heartbeat(host_id, secret.strip(), body)
+        await service.heartbeat(host_id, _host_secret(req), body)
+
+    async def renew_host_certificate(
+        req: falcon.asgi.Request, resp: falcon.asgi.Response, host_id: str, body: RenewHostCertificate
+    ) -> HostCertificate:
+        return await service.renew_certificate(host_id, _host_secret(req), body)
+
+    async def host_crl(req: falcon.asgi.Request, resp: falcon.asgi.Response, host_id: str) -> HostCrl:
+        return await service.crl(host_id, _host_secret(req))
 
     async def list_hosts(req: falcon.asgi.Request, resp: falcon.asgi.Response) -> list[HostView]:
         _require_admin(req)
@@ -95,6 +117,31 @@ def operations(service: HostService) -> list[Operation]:
             request=HostInfo,
             status=204,
             errors=(400, 401),
+        ),
+        Operation(
+            "POST",
+            "/v1/hosts/{host_id}/certificate",
+            renew_host_certificate,
+            "Renew the host's certificate from a new CSR (Authorization: Bearer <host secret>)",
+            _TAGS,
+            Access.PUBLIC,
+            request=RenewHostCertificate,
+            response=HostCertificate,
+            status=201,
+            errors=(400, 401, 409),
+            description="Names come from the address the host is registered at, never from the CSR. 409 when the "
+            "control plane runs no internal CA.",
+        ),
+        Operation(
+            "GET",
+            "/v1/hosts/{host_id}/crl",
+            host_crl,
+            "The internal CA's certificate revocation list (Authorization: Bearer <host secret>)",
+            _TAGS,
+            Access.PUBLIC,
+            response=HostCrl,
+            errors=(401, 409),
+            description="Re-signed before it is handed out when half of its validity has passed.",
         ),
         Operation(
             "GET",

@@ -15,10 +15,11 @@ import json
 import os
 import secrets
 import socket
+import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 import uvicorn
@@ -121,10 +122,25 @@ class _NoSignals(uvicorn.Server):
 class _Server:
     """One uvicorn server on an already bound socket, run as a task of the caller's loop."""
 
-    def __init__(self, app: Any, sock: socket.socket, name: str) -> None:
+    def __init__(
+        self,
+        app: Any,
+        sock: socket.socket,
+        name: str,
+        *,
+        lifespan: Literal["on", "off"] = "on",
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.sock = sock
         self.port: int = sock.getsockname()[1]
-        self.server = _NoSignals(uvicorn.Config(app, lifespan="on", log_level="warning"))
+        # tls: a context of our own (the agent's reloading one), see wrenn.cli.agent for why not ssl_certfile
+        config = uvicorn.Config(
+            app,
+            lifespan=lifespan,
+            log_level="warning",
+            ssl_context_factory=None if tls is None else (lambda _config, _default: tls),
+        )
+        self.server = _NoSignals(config)
         self.task: asyncio.Task[None] | None = None
         self.name = name
 
@@ -151,6 +167,7 @@ async def run_up(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run until `stop` is set (or a server exits, e.g. on SIGINT)."""
+    from wrenn.agent import AgentRuntime
     from wrenn.agent.registration import load_identity
     from wrenn.agent.service import create_agent_app
     from wrenn.agent.settings import AgentSettings
@@ -159,6 +176,7 @@ async def run_up(
     from wrenn.api.sandboxes import create_public_app
     from wrenn.api.settings import Settings
     from wrenn.api.tenancy import bootstrap_admin
+    from wrenn.provision.ca import ReloadingServerContext
 
     data_dir = options.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -214,8 +232,10 @@ async def run_up(
             token = (await hosts.create_token(created_by=None, ttl_s=600)).token
         agent_sock = _bind_agent(options.agent_listen, data_dir / "agent.port")
         if identity is not None:
-            # registered before: the agent does not register again, so its address is kept current here
-            await hosts.update_address(identity.host_id, f"http://127.0.0.1:{agent_sock.getsockname()[1]}")
+            # registered before: the agent does not register again, so its address is kept current here (https when
+            # the control plane's CA issued it a certificate: it serves mutual TLS then, also on loopback)
+            scheme = "https" if identity.certificate_pem is not None else "http"
+            await hosts.update_address(identity.host_id, f"{scheme}://127.0.0.1:{agent_sock.getsockname()[1]}")
         agent_settings = AgentSettings(
             data_dir=agent_dir,
             listen=f"127.0.0.1:{agent_sock.getsockname()[1]}",
@@ -224,8 +244,19 @@ async def run_up(
             name=socket.gethostname(),
             images_file=images_file,
         )
-        agent_app, _runtime = create_agent_app(agent_settings)
-        agent = _Server(agent_app, agent_sock, "wrenn-agent")
+        # The runtime opens first (it registers, and with a CA configured gets its certificate), then the listener
+        # serves with the TLS it decided on: plain HTTP on loopback unless the control plane runs a CA.
+        runtime = AgentRuntime(agent_settings)
+        agent_app, _runtime = create_agent_app(agent_settings, runtime)
+        await stack.enter_async_context(runtime)
+        tls = runtime.server_tls
+        agent = _Server(
+            agent_app,
+            agent_sock,
+            "wrenn-agent",
+            lifespan="off",
+            tls=tls.context if isinstance(tls, ReloadingServerContext) else tls,
+        )
         await agent.start()
         stack.push_async_callback(agent.stop)
 

@@ -396,6 +396,22 @@ class CertificateAuthority:
         write_public(self.crl_file, pem)
         return pem.decode()
 
+    def refresh_crl_if_due(self, *, remaining_fraction: float = 1 / 2) -> bool:
+        """Re-sign the CRL when less than ``remaining_fraction`` of its validity is left, or it is missing or
+        unreadable. Peers that check revocation refuse everyone once the CRL has expired, so whoever hands the CRL
+        out (the control plane's ``/crl`` route) calls this first. Returns whether it re-signed."""
+        try:
+            crl = x509.load_pem_x509_crl(self.crl_file.read_bytes())
+            next_update = crl.next_update_utc
+        except (OSError, ValueError):
+            next_update = None
+        if next_update is not None:
+            lifetime = next_update - crl.last_update_utc
+            if next_update - self._clock() > lifetime * remaining_fraction:
+                return False
+        self.refresh_crl()
+        return True
+
     def verify(self, certificate_pem: str) -> x509.Certificate:
         """Check that this CA signed ``certificate_pem`` (signature only; validity is the TLS stack's job)."""
         cert = x509.load_pem_x509_certificate(certificate_pem.encode())

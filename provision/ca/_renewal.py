@@ -117,8 +117,13 @@ class CertificateRenewer:
 
     async def __aenter__(self) -> Self:
         await self.renew_if_due()
-        self._task = asyncio.create_task(self._run(), name=f"renew {self.cert_file.name}")
+        self.start()
         return self
+
+    def start(self) -> None:
+        """Start the background task without the entry's renewal (the caller made sure a certificate is there)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"renew {self.cert_file.name}")
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

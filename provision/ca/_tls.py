@@ -15,6 +15,7 @@ Plain HTTP is used only when no CA is configured; see `wrenn.provision.ca` for t
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 import threading
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["ReloadingClientContext", "ReloadingServerContext", "TLSFiles", "client_context", "server_context"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -79,18 +82,27 @@ class ReloadingServerContext:
         self._signature = _signature(files.paths())
         self._current = server_context(files)
         self.reloads = 0
+        self.failed_reloads = 0
         # The dispatcher needs a certificate of its own to exist; every handshake is moved to `_current`.
         self.context = server_context(files)
         self.context.sni_callback = self._on_handshake
 
     def current(self) -> ssl.SSLContext:
-        """The context new connections get; rebuilt first when any of the files changed."""
+        """The context new connections get; rebuilt first when any of the files changed.
+
+        A rebuild that fails (a renewal is between writing the new key and the new certificate, a file is briefly
+        missing) keeps the previous context for this connection and is tried again by the next handshake: a
+        renewal in progress never breaks connections."""
         with self._lock:
-            signature = _signature(self.files.paths())
-            if signature != self._signature:
-                self._current = server_context(self.files)
-                self._signature = signature
-                self.reloads += 1
+            try:
+                signature = _signature(self.files.paths())
+                if signature != self._signature:
+                    self._current = server_context(self.files)
+                    self._signature = signature
+                    self.reloads += 1
+            except (OSError, ssl.SSLError) as exc:
+                self.failed_reloads += 1
+                _log.warning("TLS files unusable; serving the previous certificate: %s", exc)
             return self._current
 
     def reload(self) -> None:

@@ -178,8 +178,13 @@ async def test_runtime_registers_through_settings(data_dir: Path) -> None:
         ).with_fakes(FakeResources(), fake_image(data_dir / "img"))
         async with AgentRuntime(settings) as runtime:
             assert runtime.manager.host_id == "host-1"
+            # a plane without a CA returns no certificate: plain HTTP, nothing renewed
+            assert runtime.server_tls is None
+            assert runtime.certificates is None
             await asyncio.wait_for(plane.beat.wait(), 10)
         assert plane.registered[0].address == "http://127.0.0.1:5007"
+        assert plane.registered[0].csr_pem is not None  # no TLS files of its own: it asked for a certificate
+        assert not (data_dir / "tls").exists()
     finally:
         server.should_exit = True
         await serving

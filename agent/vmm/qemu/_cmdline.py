@@ -59,8 +59,12 @@ def build_argv(
     tsc_khz: int | None,
     memory_share: bool = True,
     incoming: bool = False,
+    incoming_configuration: bool = True,
 ) -> list[str]:
-    """The full argv (including ``ip netns exec`` for TAP networks) that spawns `config`'s VMM, paused (-S)."""
+    """The full argv (including ``ip netns exec`` for TAP networks) that spawns `config`'s VMM, paused (-S).
+
+    `incoming_configuration=False`: the incoming stream is device state only (``xen-save-devices-state``), which
+    has no configuration section; QEMU must not expect one."""
     run = config.run_dir
     cmdline = config.kernel_cmdline
     if accel is Accelerator.TCG and tsc_khz:
@@ -115,6 +119,8 @@ def build_argv(
     ]
     if incoming:
         argv += ["-incoming", "defer"]
+        if not incoming_configuration:
+            argv += ["-global", "migration.send-configuration=off"]
     if isinstance(config.network, TapNetwork):
         argv = ["ip", "netns", "exec", config.network.netns, *argv]
     return argv

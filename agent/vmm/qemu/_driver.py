@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,15 @@ from wrenn.agent.vmm._process import (
 )
 from wrenn.agent.vmm.qemu._accel import AcceleratorDetector, AcceleratorReport
 from wrenn.agent.vmm.qemu._cmdline import PIDFILE, QMP_SOCKET, ROOTFS_DEVICE, VMM_LOG, build_argv, host_tsc_khz
+from wrenn.agent.vmm.qemu._memory import build_memory_file, ram_mapping, sync_file
 from wrenn.protocol.agent import Accelerator
 
 _log = structlog.get_logger(__name__)
 
 SNAPSHOT_STATE = "state"
 SNAPSHOT_MANIFEST = "snapshot.json"
+MEMORY_FILE = "memory"
+"""A VM's own memory file, in its run dir (built by the first snapshot of a clone; mapped shared on restore)."""
 
 # QMP runstates (query-status "status") and what they mean for us.
 _PAUSED_RUNSTATES = frozenset({"paused", "prelaunch", "postmigrate", "finish-migrate", "inmigrate", "suspended"})
@@ -102,33 +106,60 @@ class QemuVM(ProcessHandle):
         self._state = VMState.RUNNING
 
     async def save_snapshot(self, directory: Path) -> SnapshotInfo:
-        """QMP recipe from qemu-notes.md: pause, migrate to ``exec:cat > state``, wait for ``completed``; then
-        freeze the disk: ``blockdev-snapshot-sync`` puts a new qcow2 layer on top of the rootfs, so the layer
-        below keeps exactly the state that goes with the saved RAM and this VM writes to the new one.
+        """Pause and write the VM's state into `directory`; then freeze the disk: ``blockdev-snapshot-sync`` puts
+        a new qcow2 layer on top of the rootfs, so the layer below keeps exactly the state that goes with the
+        saved RAM and this VM writes to the new one.
 
-        With file-backed RAM only device state is written (``x-ignore-shared``) and the snapshot references the
-        memory file in place, so this VM can never be resumed afterwards (its RAM *is* the snapshot).
+        Anonymous RAM (a cold boot without a memory file): migrate to ``exec:cat > state`` (qemu-notes.md), RAM
+        and devices in one stream. File-backed RAM: ``state`` holds device state only (``xen-save-devices-state``,
+        which writes every section but RAM — not Xen-specific) and the RAM is a memory file the manifest names:
+
+        * RAM mapped shared (a template VM, or a VM restored on its own memory file): that file, synced; the
+          snapshot references it in place.
+        * RAM mapped copy-on-write from a snapshot's file (a clone): a new file ``run_dir/memory`` is built from
+          that file plus the guest's private pages (`_memory.build_memory_file`), so the cost follows the pages
+          the guest dirtied, not its RAM size. `restore` maps a memory file in the VM's own run dir shared.
+
+        Either way this VM can never be resumed afterwards (its RAM is, or was copied into, the snapshot).
         """
         self._require(VMState.RUNNING, VMState.PAUSED)
         await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
         state_file = directory / SNAPSHOT_STATE
-        file_backed = self._config.memory_file is not None
+        memory = self._config.memory_file
         try:
-            await _qmp(self._qmp, "migrate-set-parameters", {"max-bandwidth": 1 << 40})
-            if file_backed:
-                caps = [{"capability": "x-ignore-shared", "state": True}]
-                await _qmp(self._qmp, "migrate-set-capabilities", {"capabilities": caps})
             if self._state is VMState.RUNNING:
                 await self.pause()
-            self._ram_frozen = file_backed
-            await _migrate(self._qmp, "migrate", {"uri": f"exec:cat > {state_file}"}, limit=120)
+            if memory is None:
+                await _qmp(self._qmp, "migrate-set-parameters", {"max-bandwidth": 1 << 40})
+                await _migrate(self._qmp, "migrate", {"uri": f"exec:cat > {state_file}"}, limit=120)
+            else:
+                self._ram_frozen = True
+                await _qmp(self._qmp, "xen-save-devices-state", {"filename": str(state_file), "live": False})
+                memory = await asyncio.to_thread(self._save_memory, memory)
             disk = await self._freeze_disk()
-        except (VMMQMPError, TimeoutError, StopIteration) as exc:
+        except (VMMQMPError, TimeoutError, StopIteration, OSError) as exc:
+            self._ram_frozen = False  # no usable snapshot refers to this RAM: the VM may run on
             raise SnapshotError(f"snapshot of {self._config.vm_id} failed: {exc}") from exc
-        info = SnapshotInfo(directory=directory, disk=disk, memory_file=self._config.memory_file)
-        manifest = {"memory_mb": self._config.memory_mb, **info.model_dump(mode="json")}
+        info = SnapshotInfo(directory=directory, disk=disk, memory_file=memory)
+        manifest = {
+            "memory_mb": self._config.memory_mb,
+            "devices_only": memory is not None,
+            **info.model_dump(mode="json"),
+        }
         await asyncio.to_thread((directory / SNAPSHOT_MANIFEST).write_text, json.dumps(manifest))
         return info
+
+    def _save_memory(self, memory: Path) -> Path:
+        """The stopped VM's RAM as a durable file (see `save_snapshot`); returns its path."""
+        size = self._config.memory_mb << 20
+        mapping = ram_mapping(self.pid, memory, size)
+        if mapping.shared:
+            sync_file(memory)
+            return memory
+        own = self._config.run_dir / MEMORY_FILE
+        stats = build_memory_file(self.pid, memory, own, size)
+        self._log.info("memory file built", copied=stats.copied, private=stats.private)
+        return own
 
     async def _freeze_disk(self) -> Path:
         """Switch the rootfs to a new qcow2 layer; return the now read-only image below it."""
@@ -159,6 +190,15 @@ async def _migrate(client: QMPClient, command: str, arguments: dict[str, Any], l
                 if status in {"failed", "cancelled"}:
                     info = await _qmp(client, "query-migrate")
                     raise VMMQMPError(command, arguments, info, f"migration {status}: {info.get('error-desc', '')}")
+
+
+@dataclass(frozen=True)
+class _Restore:
+    snapshot: Path
+    share: bool
+    """map the memory file shared (the VM's own) instead of copy-on-write"""
+    devices_only: bool
+    """the state stream holds device state only (no configuration section, no RAM)"""
 
 
 def _chain_contains(chain: list[dict[str, Any]], disk: Path) -> bool:
@@ -220,19 +260,31 @@ class QemuDriver:
     async def restore(self, config: VMConfig, snapshot: Path, placement: Placement | None = None) -> QemuVM:
         """Start a fresh QEMU with ``-incoming defer`` and load `snapshot` into it (qemu-notes.md recipe).
 
-        With a file-backed snapshot the guest RAM is the snapshot's memory file mapped copy-on-write
-        (``share=off``): the snapshot stays reusable and clones share its pages.
+        With a file-backed snapshot the guest RAM is the snapshot's memory file, faulted in lazily:
+
+        * a file in this VM's own run dir (written by this VM's previous snapshot: a pause) is mapped shared
+          (``share=on``): the VM's RAM *is* that file again, and its next snapshot only syncs it;
+        * any other (a warm template's, a named snapshot's) is mapped copy-on-write (``share=off``): the snapshot
+          stays reusable and clones share its pages.
+
+        A device-state-only stream (``devices_only`` in the manifest) has no configuration section: QEMU is told
+        not to expect one (``-global migration.send-configuration=off``).
         """
         manifest_path = snapshot / SNAPSHOT_MANIFEST
         try:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, ValueError) as exc:
             raise StartFailed(config.vm_id, f"no readable snapshot in {snapshot}") from exc
-        memory = manifest.get("memory_file")
-        config = config.model_copy(update={"memory_file": Path(memory) if memory else None})
+        memory = Path(manifest["memory_file"]) if manifest.get("memory_file") else None
+        config = config.model_copy(update={"memory_file": memory})
         if manifest.get("disk"):
             await self._check_backing(config, Path(manifest["disk"]))
-        return await self._launch(config, placement, snapshot=snapshot)
+        restore = _Restore(
+            snapshot=snapshot,
+            share=memory is not None and memory.parent.resolve() == config.run_dir.resolve(),
+            devices_only=bool(manifest.get("devices_only")),
+        )
+        return await self._launch(config, placement, snapshot=restore)
 
     async def _check_backing(self, config: VMConfig, disk: Path) -> None:
         """Refuse a rootfs that does not show the snapshot's frozen disk (it would corrupt the guest's fs)."""
@@ -252,7 +304,7 @@ class QemuDriver:
         if not _chain_contains(json.loads(out), disk):
             raise StartFailed(config.vm_id, f"rootfs {config.rootfs} is not backed by the snapshot's disk {disk}")
 
-    async def _launch(self, config: VMConfig, placement: Placement | None, snapshot: Path | None) -> QemuVM:
+    async def _launch(self, config: VMConfig, placement: Placement | None, snapshot: _Restore | None) -> QemuVM:
         run = config.run_dir
         self._check_inputs(config)
         remove_files(run / QMP_SOCKET, run / PIDFILE)
@@ -263,8 +315,9 @@ class QemuDriver:
             binary=self._binary,
             accel=accel,
             tsc_khz=self._tsc_khz,
-            memory_share=snapshot is None,
+            memory_share=snapshot is None or snapshot.share,
             incoming=snapshot is not None,
+            incoming_configuration=snapshot is None or not snapshot.devices_only,
         )
         log = _log.bind(vm_id=config.vm_id, accelerator=accel.value)
         pid: int | None = None
@@ -279,10 +332,12 @@ class QemuDriver:
                 await placement(pid)
                 placing = False
             if snapshot is not None:
-                if config.memory_file is not None:
+                if config.memory_file is not None and not snapshot.devices_only:
+                    # A migration stream of file-backed RAM written before device-only snapshots: RAM skipped.
                     caps = [{"capability": "x-ignore-shared", "state": True}]
                     await _qmp(client, "migrate-set-capabilities", {"capabilities": caps})
-                await _migrate(client, "migrate-incoming", {"uri": f"exec:cat {snapshot / SNAPSHOT_STATE}"}, limit=120)
+                state = snapshot.snapshot / SNAPSHOT_STATE
+                await _migrate(client, "migrate-incoming", {"uri": f"exec:cat {state}"}, limit=120)
             await _qmp(client, "cont")
         except BaseException as exc:
             await asyncio.shield(self._rollback(config, pid, client))

@@ -9,6 +9,7 @@ exists and /dev/kvm runs guests (skipped with the reason otherwise).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -215,3 +216,55 @@ async def test_restore_refuses_a_disk_that_is_not_the_snapshots(vmm: Harness) ->
     with pytest.raises(StartFailed, match="not backed by the snapshot's disk"):
         await vmm.driver.restore(stranger, info.directory)
     assert_nothing_left(stranger.run_dir)
+
+
+def _ram_mapping_mode(pid: int, memory_file: Path) -> str:
+    """``rw-s`` (shared) or ``rw-p`` (copy-on-write) for the VMM's mapping of `memory_file`."""
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5] == str(memory_file.resolve()):
+            return fields[1]
+    raise AssertionError(f"{memory_file} is not mapped by {pid}")
+
+
+async def test_clone_pause_cycles_on_its_own_memory_file(vmm: Harness) -> None:
+    """A clone of a file-backed snapshot maps it copy-on-write; its own snapshot (a pause) builds a memory file of
+    its own in its run dir, with device state only; restoring on that run dir maps the file shared, and the next
+    snapshot references it in place. The guest continues through every cycle (same boot id, disk writes kept)."""
+    if vmm.name != "qemu":
+        pytest.skip("memory files and their mapping are QEMU's")
+    source = vmm.config(memory_file=True)
+    vm = vmm.track(await vmm.driver.start(source))
+    await vmm.wait_envd(source)
+    boot = await vmm.boot_id(source)
+    template = await vm.save_snapshot(source.run_dir / "snapshot")
+    await vm.stop(grace=5)
+    assert template.memory_file == source.memory_file
+
+    config = vmm.config(backing=template.disk)
+    clone = vmm.track(await vmm.driver.restore(config, template.directory))
+    assert template.memory_file is not None
+    assert _ram_mapping_mode(clone.pid, template.memory_file) == "rw-p"
+    await vmm.wait_envd(config, limit=60)
+    own = config.run_dir / "memory"
+    for cycle in range(3):
+        if vmm.writes_disk:
+            await vmm.write_disk(config, f"cycle-{cycle}")
+        info = await clone.save_snapshot(config.run_dir / "pause")
+        manifest = json.loads((info.directory / "snapshot.json").read_text())
+        assert manifest["devices_only"] is True
+        assert info.memory_file == own
+        assert own.stat().st_size == config.memory_mb << 20
+        assert (info.directory / "state").stat().st_size < 1 << 20, "device state only, no RAM in the stream"
+        await clone.stop(grace=5)
+        assert info.disk is not None
+        config = config.model_copy(update={"rootfs": info.disk})
+        clone = vmm.track(await vmm.driver.restore(config, info.directory))
+        assert _ram_mapping_mode(clone.pid, own) == "rw-s", "the clone's own memory file is mapped shared"
+        await vmm.wait_envd(config, limit=60)
+        assert await vmm.boot_id(config) == boot, "the guest continues, it did not boot again"
+        if vmm.writes_disk:
+            assert disk_head(info.disk, 7) == f"cycle-{cycle}".encode()
+    await clone.stop(grace=5)
+    assert template.memory_file.stat().st_size == source.memory_mb << 20
+    assert_nothing_left(config.run_dir, clone.pid)
