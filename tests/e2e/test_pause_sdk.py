@@ -1,6 +1,8 @@
 """Pause and resume through the official e2b SDK against a real `wrenn up` (private PostgreSQL, real agent, real VMs
 under TCG): `pause`/`beta_pause`, `Sandbox.connect` resuming, state shown as paused, processes, a listener, tmpfs and
-disk files surviving, id and access token unchanged, and `onTimeout: pause` pausing instead of killing."""
+disk files surviving, id and access token unchanged, `onTimeout: pause` pausing instead of killing, a guest HTTP
+server answering through the proxy before a pause and after the resume, and proxy traffic auto-resuming a sandbox
+created with ``auto_resume``."""
 
 from __future__ import annotations
 
@@ -196,4 +198,54 @@ def test_fork_gives_independent_sandboxes(e2b_env: Up) -> None:
     finally:
         for fork in forks:
             fork.kill()
+        sbx.kill()
+
+
+GUEST_PORT = 8080
+
+
+def through_proxy(up: Up, sandbox_id: str, path: str) -> httpx.Response:
+    """A request to the guest's port 8080 through `wrenn up`'s proxy, routed by header like E2B's SDKs do."""
+    headers = {"E2b-Sandbox-Id": sandbox_id, "E2b-Sandbox-Port": str(GUEST_PORT)}
+    return httpx.get(f"{up.url}{path}", headers=headers, timeout=120)
+
+
+def start_guest_server(up: Up, sbx: Sandbox) -> None:
+    sbx.files.write("/home/user/page.txt", "served by the guest")
+    sbx.commands.run(f"python3 -m http.server {GUEST_PORT} --directory /home/user", background=True)
+    wait_until(lambda: through_proxy(up, sbx.sandbox_id, "/page.txt").status_code == 200, 60, "the guest server")
+
+
+def test_a_guest_server_answers_through_the_proxy_before_pause_and_after_resume(e2b_env: Up) -> None:
+    sbx = Sandbox.create("base", timeout=300)
+    try:
+        start_guest_server(e2b_env, sbx)
+        assert through_proxy(e2b_env, sbx.sandbox_id, "/page.txt").text == "served by the guest"
+        token = detail(e2b_env, sbx.sandbox_id)["envdAccessToken"]
+        assert sbx.pause() is True
+        paused = through_proxy(e2b_env, sbx.sandbox_id, "/page.txt")
+        assert paused.status_code == 502, "no auto-resume: a paused sandbox answers 502"
+        assert paused.json()["sandboxId"] == sbx.sandbox_id
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=300)
+        assert resumed.sandbox_id == sbx.sandbox_id
+        assert detail(e2b_env, sbx.sandbox_id)["envdAccessToken"] == token
+        after = through_proxy(e2b_env, sbx.sandbox_id, "/page.txt")
+        assert (after.status_code, after.text) == (200, "served by the guest"), "the same server, resumed"
+    finally:
+        sbx.kill()
+
+
+def test_proxy_traffic_auto_resumes_a_paused_sandbox(e2b_env: Up) -> None:
+    sbx = Sandbox.create("base", timeout=300, lifecycle={"on_timeout": "pause", "auto_resume": True})
+    try:
+        start_guest_server(e2b_env, sbx)
+        lifecycle = detail(e2b_env, sbx.sandbox_id)["lifecycle"]
+        assert lifecycle == {"autoResume": True, "onTimeout": "pause"}
+        assert sbx.pause() is True
+        assert detail(e2b_env, sbx.sandbox_id)["state"] == "paused"
+        woken = through_proxy(e2b_env, sbx.sandbox_id, "/page.txt")
+        assert (woken.status_code, woken.text) == (200, "served by the guest"), "resumed by the request, then served"
+        assert detail(e2b_env, sbx.sandbox_id)["state"] == "running"
+        assert sbx.commands.run("echo awake").stdout.strip() == "awake", "envd works with the same token"
+    finally:
         sbx.kill()
