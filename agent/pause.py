@@ -6,12 +6,17 @@ Pause (the sandbox's lock held by the manager)::
     RUNNING ──(pause.json SAVING)──> save_snapshot ──(pause.json SAVED)──> record PAUSED ──> VMM ended
                                      QMP stop, migrate        state file + frozen disk     RAM and CPU freed
 
-    * With file-backed RAM shared by a snapshot (a sandbox restored from a warm template maps the template's
-      memory file copy-on-write) QEMU writes the pages the guest owns into the state file; a cold-booted sandbox
-      writes its whole RAM. The frozen disk is the sandbox's own overlay (`SandboxRecord.disk`); the empty layer
-      QEMU put on top of it is removed once the VMM is gone, so the disk chain never grows across cycles.
+    * Memory (QEMU): a sandbox restored from a warm template or snapshot maps that memory file copy-on-write; its
+      first pause builds the sandbox's own memory file ``run/memory`` (a sparse copy of the template's file plus
+      the pages the guest dirtied, read from the VMM) and writes device state only; resume maps that file shared
+      (pages fault in lazily), so every later pause is device state plus a sync of the pages written since. The
+      file is built as ``memory.tmp`` and renamed: a crash leaves the old state or the complete new one. A
+      cold-booted sandbox (anonymous RAM) still streams its whole RAM into the state file. The frozen disk is the
+      sandbox's own overlay (`SandboxRecord.disk`); the empty layer QEMU put on top of it is removed once the VMM
+      is gone, so the disk chain never grows across cycles.
     * ``memory=False`` keeps only the file system: the state file is dropped and resume boots the image fresh on
-      the saved disk (crash-consistent, like a power cut; ext4's journal repairs it).
+      the saved disk (crash-consistent, like a power cut; ext4's journal repairs it); the sandbox's own memory
+      file goes too.
 
 Resume::
 
@@ -167,6 +172,8 @@ class PauseKeeper:
         await vm.aclose()
         if info.disk is not None and top != info.disk and top.parent == record.run_dir:
             await asyncio.to_thread(top.unlink, missing_ok=True)
+        if not memory and info.memory_file is not None and info.memory_file.parent == record.run_dir:
+            await asyncio.to_thread(info.memory_file.unlink, missing_ok=True)  # resume boots: RAM starts empty
         if info.disk is not None and record.disk is not None and info.disk.is_relative_to(directory):
             # A driver that froze the disk as a copy (Firecracker, the fake): with the VMM gone the copy becomes
             # the sandbox's disk again, so the pause directory can go after a resume and the chain stays flat.

@@ -4,7 +4,8 @@ A snapshot is taken with the sandbox's own pause machinery (`wrenn.agent.pause`)
 device state and disk to files), the files are copied into ``<data>/snapshots/<id>/`` and the sandbox is resumed at
 once — to its user it keeps running (its processes see a pause of about a second). Layout::
 
-    <data>/snapshots/<id>/snapshot/   device (+ private memory) state and the driver's manifest
+    <data>/snapshots/<id>/snapshot/   device (+ memory) state and the driver's manifest; ``memory``: a copy of the
+                                      sandbox's own memory file (QEMU), which clones map copy-on-write
     <data>/snapshots/<id>/disk.qcow2  the frozen disk (an immutable copy; clones' overlays are backed by it)
     <data>/snapshots/<id>/meta.json   `SnapshotMeta`, written last: a directory without it is a crashed take
 
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wrenn.agent.pause import SNAPSHOT_DIR
 from wrenn.agent.templates import WarmSnapshot
+from wrenn.agent.vmm._sparse import copy_sparse
 from wrenn.protocol.errors import Conflict, Invalid, NotFound
 
 _log = structlog.get_logger(__name__)
@@ -35,6 +37,7 @@ _log = structlog.get_logger(__name__)
 META = "meta.json"
 DISK = "disk.qcow2"
 MANIFEST = "snapshot.json"
+MEMORY = "memory"
 KEY_PREFIX = "snap-"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -113,6 +116,12 @@ class SnapshotStore:
                 manifest = json.loads(manifest_path.read_text())
                 if manifest.get("disk"):
                     manifest["disk"] = str(directory / DISK)
+                memory = Path(manifest["memory_file"]) if manifest.get("memory_file") else None
+                if memory is not None and memory.is_file() and not memory.is_relative_to(paused_snapshot):
+                    # The sandbox's own memory file (QEMU), which it maps again on resume: the snapshot keeps a
+                    # copy (its data extents only). Clones then map the copy copy-on-write.
+                    copy_sparse(memory, directory / SNAPSHOT_DIR / MEMORY)
+                    manifest["memory_file"] = str(directory / SNAPSHOT_DIR / MEMORY)
                 manifest["directory"] = str(directory / SNAPSHOT_DIR)
                 manifest_path.write_text(json.dumps(manifest))
             tmp = directory / f".{META}.tmp"

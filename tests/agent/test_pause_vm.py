@@ -246,3 +246,59 @@ async def test_snapshot_of_a_running_sandbox_starts_independent_clones(
         await manager.destroy(again.sandbox_id)
     await manager.delete_snapshot("vmsnaptwo")
     assert manager.list_snapshots() == []
+
+
+def vmm_rss_mib(data_dir: Path, sandbox_id: str) -> float:
+    (pid,) = processes_mentioning(str(data_dir / "sandboxes" / sandbox_id / "run") + "/")
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:"))) / 1024
+
+
+BUFFER_MIB = 192
+BUFFER = (
+    "import os; b = os.urandom(1 << 20); f = open('/dev/shm/buf', 'wb'); "
+    f"[f.write(bytes([i % 251]) + b[1:]) for i in range({BUFFER_MIB})]; f.close()"
+)
+CHECKSUM = "import hashlib; print(hashlib.md5(open('/dev/shm/buf', 'rb').read()).hexdigest())"
+
+
+async def test_a_1gib_guest_resumes_lazily_from_its_own_memory_file(
+    manager: SandboxManager, data_dir: Path, image: tuple[AgentImage, bool]
+) -> None:
+    """A clone of a 1 GiB template dirties 192 MiB; its pause builds its own memory file, resume maps it shared and
+    faults pages in on use: the VMM's RSS right after resume is far below the dirtied buffer, whose checksum in the
+    guest is intact; the second pause writes device state only and references the same file."""
+    needs_envd(image)
+    request = CreateSandbox(sandbox_id=sid("p", 8), template="base", envd_access_token=TOKEN, memory_mb=1024)
+    info = await manager.create(request)
+    address = info.envd_address
+    run = data_dir / "sandboxes" / info.sandbox_id / "run"
+    try:
+        out, code = await run_command(address, "python3", ["-c", BUFFER], TOKEN)
+        assert code == 0, out
+        checksum, code = await run_command(address, "python3", ["-c", CHECKSUM], TOKEN)
+        assert code == 0, checksum
+        await start_counter(address)
+        before = await counter_moves(address, 0)
+        await manager.pause(info.sandbox_id)
+        own = run / "memory"
+        assert own.stat().st_size == 1024 << 20
+        assert own.stat().st_blocks * 512 < 1024 << 20, "sparse: only the template's data and the dirtied pages"
+        assert own.stat().st_blocks * 512 > BUFFER_MIB << 20, "the dirtied buffer is in it"
+        await manager.resume(info.sandbox_id)
+        rss = vmm_rss_mib(data_dir, info.sandbox_id)
+        assert rss < BUFFER_MIB * 3 / 4, f"resume faulted {rss:.0f} MiB in: RAM was loaded eagerly"
+        assert await counter(address) >= before
+        await counter_moves(address, before)
+        assert await run_command(address, "python3", ["-c", CHECKSUM], TOKEN) == (checksum, 0), "buffer intact"
+        assert vmm_rss_mib(data_dir, info.sandbox_id) > BUFFER_MIB, "reading the buffer faulted it in"
+        await manager.pause(info.sandbox_id)  # now RAM is the sandbox's own file: device state only
+        state = data_dir / "sandboxes" / info.sandbox_id / PAUSE_DIR / "snapshot" / "state"
+        assert state.stat().st_size < 1 << 20
+        manifest = json.loads((state.parent / "snapshot.json").read_text())
+        assert manifest["memory_file"] == str(own)
+        await manager.resume(info.sandbox_id)
+        assert await run_command(address, "python3", ["-c", CHECKSUM], TOKEN) == (checksum, 0)
+    finally:
+        await manager.destroy(info.sandbox_id)
+    assert not run.exists(), "the memory file goes with the sandbox"
