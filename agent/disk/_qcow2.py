@@ -3,6 +3,11 @@
 The overlay starts at a few hundred KiB of metadata whatever its virtual size; the base is only read (QEMU opens
 a backing file read-only). The overlay records the base by absolute path, so bases must not move while layers
 exist.
+
+A fresh overlay depends on nothing but the base's path and format and the virtual size (qcow2 holds no timestamp or
+id), so the first layer of a (base file, size) is made by ``qemu-img create`` and its bytes are kept (the non-zero
+4 KiB blocks of a few hundred KiB); every later layer of the same base file — same path, inode, size and mtime —
+and size is those bytes written to a new sparse file, without a process spawn.
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from wrenn.agent.disk._common import allocated, check_inputs, discard, run, temporary
-from wrenn.agent.disk._errors import DiskCommandFailed, InvalidDiskSize
+from wrenn.agent.disk._errors import BaseImageMissing, DiskCommandFailed, InvalidDiskSize
 from wrenn.agent.disk._interface import DiskUsage, Layer
 from wrenn.agent.vmm import DiskFormat
 
@@ -28,16 +34,80 @@ async def _info(path: Path, fmt: str = "qcow2") -> dict[str, object]:
     return info
 
 
+_BLOCK = 4096
+_CACHE_LIMIT = 4 * 1024 * 1024
+"""A fresh overlay larger than this (it never is: its metadata grows by 8 bytes of L1 per 512 MiB) is not kept."""
+
+_Key = tuple[str, int, int, int, int, str, int]
+
+
+@dataclass(frozen=True)
+class _Blank:
+    """The content of a fresh overlay: its non-zero blocks and its length (the rest reads as zeros)."""
+
+    blocks: tuple[tuple[int, bytes], ...]
+    length: int
+
+    @classmethod
+    def read(cls, path: Path) -> _Blank | None:
+        data = path.read_bytes()
+        if len(data) > _CACHE_LIMIT:
+            return None
+        blocks = tuple(
+            (offset, data[offset : offset + _BLOCK])
+            for offset in range(0, len(data), _BLOCK)
+            if data[offset : offset + _BLOCK].count(0) != min(_BLOCK, len(data) - offset)
+        )
+        return cls(blocks, len(data))
+
+    def place(self, dest: Path) -> bool:
+        """Make the layer at `dest` (under its temporary name, then renamed), unless something is there already
+        (False: the caller checks and repairs it)."""
+        if dest.exists():
+            return False
+        tmp = temporary(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        discard(tmp)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                for offset, block in self.blocks:
+                    os.pwrite(fd, block, offset)
+                os.ftruncate(fd, self.length)
+            finally:
+                os.close(fd)
+            os.replace(tmp, dest)
+        except BaseException:
+            discard(tmp)
+            raise
+        return True
+
+
+def _resolve(base: Path) -> tuple[Path, os.stat_result]:
+    resolved = base.resolve()
+    return resolved, resolved.stat()
+
+
 class Qcow2Backend:
     name = "qcow2"
     format = DiskFormat.QCOW2
+
+    def __init__(self) -> None:
+        self._blanks: dict[_Key, _Blank] = {}
 
     async def create(
         self, base: Path, dest: Path, size_bytes: int, *, base_format: DiskFormat = DiskFormat.RAW
     ) -> Layer:
         """`DiskBackend.create`; beyond the interface, the base may itself be qcow2 (a paused sandbox's frozen disk,
         which clones then stack on), its size then being its virtual size."""
-        base = await asyncio.to_thread(base.resolve)
+        try:
+            base, stat = await asyncio.to_thread(_resolve, base)
+        except FileNotFoundError as exc:
+            raise BaseImageMissing(f"base image {base} does not exist") from exc
+        key: _Key = (str(base), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, base_format.value, size_bytes)
+        blank = self._blanks.get(key)
+        if blank is not None and await asyncio.to_thread(blank.place, dest):
+            return Layer(dest, self.format, size_bytes)  # inputs were checked when the key was first seen
         check_inputs(base, size_bytes if base_format is DiskFormat.RAW else None)
         if base_format is not DiskFormat.RAW:
             virtual = (await _info(base, base_format.value)).get("virtual-size")
@@ -65,6 +135,9 @@ class Qcow2Backend:
                 str(tmp),
                 str(size_bytes),
             )
+            made = await asyncio.to_thread(_Blank.read, tmp)  # before QEMU ever opens it: still blank
+            if made is not None:
+                self._blanks[key] = made
             await asyncio.to_thread(os.replace, tmp, dest)
         except BaseException:
             await asyncio.to_thread(discard, tmp)

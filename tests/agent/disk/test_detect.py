@@ -90,3 +90,42 @@ async def test_qcow2_layer_over_a_qcow2_base(tmp_path: Path) -> None:
     assert parsed["backing-filename-format"] == "qcow2"
     await backend.remove(clone.path)
     await backend.remove(frozen.path)
+
+
+def _qemu_io_write(path: Path) -> None:
+    subprocess.run(["qemu-io", "-c", "write -P 0x5a 0 64k", str(path)], check=True, capture_output=True)
+
+
+def _qemu_img(*argv: str) -> str:
+    return subprocess.run(["qemu-img", *argv], check=True, capture_output=True, text=True).stdout
+
+
+async def test_qcow2_later_layers_of_a_base_are_written_from_the_first(tmp_path: Path) -> None:
+    """The first layer of a (base, size) comes from ``qemu-img create``; later ones are its bytes, written without a
+    process — byte for byte what qemu-img makes, sparse, and made anew when the base file changes."""
+    make_base(tmp_path / "base.raw")
+    backend = Qcow2Backend()
+    first = await backend.create(tmp_path / "base.raw", tmp_path / "a.qcow2", 64 * MiB)
+    second = await backend.create(tmp_path / "base.raw", tmp_path / "b.qcow2", 64 * MiB)
+    reference = tmp_path / "ref.qcow2"
+    _qemu_img(
+        "create", "-q", "-f", "qcow2", "-b", str(tmp_path / "base.raw"), "-F", "raw", str(reference), str(64 * MiB)
+    )
+    assert second.path.read_bytes() == reference.read_bytes() == first.path.read_bytes()
+    assert os.stat(second.path).st_blocks * 512 <= os.stat(reference).st_blocks * 512
+    _qemu_img("check", str(second.path))
+    assert not await asyncio.to_thread(lambda: list(tmp_path.glob(".*partial")))
+    # Written through QEMU, the second layer takes the data; the first (and the base) stay as they were.
+    await asyncio.to_thread(_qemu_io_write, second.path)
+    assert first.path.read_bytes() == reference.read_bytes()
+    assert second.path.read_bytes() != reference.read_bytes()
+    # A base replaced at the same path (new inode) gets a layer from qemu-img again, pointing at the new file.
+    (tmp_path / "base.raw").unlink()
+    make_base(tmp_path / "base.raw")
+    third = await backend.create(tmp_path / "base.raw", tmp_path / "d.qcow2", 64 * MiB)
+    assert json.loads(_qemu_img("info", "-U", "--output=json", str(third.path)))["virtual-size"] == 64 * MiB
+    # Another size is another key.
+    bigger = await backend.create(tmp_path / "base.raw", tmp_path / "e.qcow2", 128 * MiB)
+    assert json.loads(_qemu_img("info", "-U", "--output=json", str(bigger.path)))["virtual-size"] == 128 * MiB
+    for layer in (first, second, third, bigger):
+        await backend.remove(layer.path)
