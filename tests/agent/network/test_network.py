@@ -150,6 +150,28 @@ async def test_allowed_egress_sets_route_and_masquerade(manager: NetworkManager)
     assert "masquerade" not in ns_out(denied.netns, "nft", "list", "ruleset")
 
 
+async def test_set_egress_switches_a_set_up_slot(manager: NetworkManager) -> None:
+    """What a create does to a slot the network pool prepared (egress denied): allow, then deny again. Rules and
+    route only: tests never send traffic off the host."""
+    prepared = await manager.setup(6)
+    assert ns_out(prepared.netns, "ip", "route", "show", "default") == ""
+    allowed = await manager.set_egress(6, Egress.ALLOWED)
+    assert allowed == manager.network(6, Egress.ALLOWED)
+    assert allowed.envd_address == prepared.envd_address
+    assert manager.addresses(6).host_ip in ns_out(allowed.netns, "ip", "route", "show", "default")
+    assert "masquerade" in ns_out(allowed.netns, "nft", "list", "ruleset")
+    host = await sh("nft", "list", "table", "ip", f"{manager.plan.prefix}-s6")
+    assert f"ip saddr {allowed.address}" in host
+    assert "masquerade" in host
+    assert (await manager.inspect(6)).complete
+    await manager.set_egress(6, Egress.DENIED)
+    assert ns_out(allowed.netns, "ip", "route", "show", "default") == ""
+    assert "masquerade" not in ns_out(allowed.netns, "nft", "list", "ruleset")
+    assert "masquerade" not in await sh("nft", "list", "table", "ip", f"{manager.plan.prefix}-s6")
+    await manager.teardown(6)
+    assert (await manager.inspect(6)).empty
+
+
 async def test_cleanup_stale_removes_planted_leftovers(manager: NetworkManager) -> None:
     prefix = manager.plan.prefix
     await manager.setup(1)
