@@ -18,6 +18,8 @@ from wrenn.protocol.errors import Unavailable
 _log = structlog.get_logger(__name__)
 
 INIT_ATTEMPTS = 3
+READY_INTERVAL = 0.05
+"""Seconds between readiness attempts (as `wait_envd` polls ``/health``)."""
 
 
 class EnvdClient:
@@ -25,6 +27,9 @@ class EnvdClient:
 
     def __init__(self, timeout: float = 30.0) -> None:
         self._client = httpx.AsyncClient(timeout=httpx.Timeout(timeout))
+        # While probing, a connect that hangs (a SYN sent before the guest's link was up) is given up quickly and
+        # tried again, as `wait_envd` does; the answer itself may take as long as any request.
+        self._probe_timeout = httpx.Timeout(timeout, connect=2.0)
 
     async def __aenter__(self) -> EnvdClient:
         return self
@@ -42,11 +47,22 @@ class EnvdClient:
             raise Unavailable(f"envd at {address} did not become healthy within {limit:.0f} s") from exc
 
     async def init(
-        self, address: str, *, env_vars: dict[str, str], access_token: str | None, current_token: str | None = None
+        self,
+        address: str,
+        *,
+        env_vars: dict[str, str],
+        access_token: str | None,
+        current_token: str | None = None,
+        ready_limit: float | None = None,
     ) -> None:
         """``POST /init``. A guest without the endpoint (404: a development guest, not envd) is accepted with a
         warning; any other failure fails the create. `current_token` is the token the guest's envd already holds (a
-        restore from a sandbox's snapshot): envd lets only its holder change settings."""
+        restore from a sandbox's snapshot): envd lets only its holder change settings.
+
+        With `ready_limit`, ``/init`` is also the readiness probe (a restore: envd was listening when the snapshot
+        was taken, so its first answer can be the init's and the ``/health`` round trip is saved): attempts that
+        never reached envd (connection refused or connect timed out) are repeated every `READY_INTERVAL` seconds
+        until `ready_limit` seconds have passed."""
         body: dict[str, object] = {"envVars": env_vars, "timestamp": datetime.now(UTC).isoformat()}
         if access_token is not None:
             body["accessToken"] = access_token
@@ -55,16 +71,35 @@ class EnvdClient:
         headers = {"Connection": "close"}
         if current_token:
             headers["X-Access-Token"] = current_token
-        for attempt in range(INIT_ATTEMPTS):
+        url = f"http://{address}/init"
+        if ready_limit is None:
+            response = await self._post_init(url, address, body, headers, probe=False)
+        else:
             try:
-                response = await self._client.post(f"http://{address}/init", json=body, headers=headers)
-                break
-            except httpx.TransportError as exc:
-                if attempt == INIT_ATTEMPTS - 1:
-                    raise Unavailable(f"envd at {address}: POST /init failed: {exc!r}") from exc
-                await asyncio.sleep(0.05 * (attempt + 1))
+                async with asyncio.timeout(ready_limit):
+                    response = await self._post_init(url, address, body, headers, probe=True)
+            except TimeoutError as exc:
+                raise Unavailable(f"envd at {address} did not answer POST /init within {ready_limit:.0f} s") from exc
         if response.status_code == 404:
             _log.warning("guest has no envd /init; env vars and access token not set", address=address)
             return
         if response.status_code >= 300:
             raise Unavailable(f"envd at {address}: POST /init answered {response.status_code}: {response.text[:200]}")
+
+    async def _post_init(
+        self, url: str, address: str, body: dict[str, object], headers: dict[str, str], *, probe: bool
+    ) -> httpx.Response:
+        failures = 0
+        while True:
+            try:
+                if probe:
+                    return await self._client.post(url, json=body, headers=headers, timeout=self._probe_timeout)
+                return await self._client.post(url, json=body, headers=headers)
+            except httpx.TransportError as exc:
+                if probe and isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+                    await asyncio.sleep(READY_INTERVAL)  # never reached envd: not up yet, ask again
+                    continue
+                failures += 1  # otherwise the request may have reached envd: a bounded number of repeats
+                if failures >= INIT_ATTEMPTS:
+                    raise Unavailable(f"envd at {address}: POST /init failed: {exc!r}") from exc
+                await asyncio.sleep(0.05 * failures)
