@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--access-token", default=os.environ.get("ENVD_ACCESS_TOKEN"), help="initial access token")
     parser.add_argument("--exited-retention", type=float, default=30.0, help="seconds an exited process stays")
     parser.add_argument("--port-file", help="write the bound port to this file once listening (for tests)")
+    parser.add_argument(
+        "--forward-localhost",
+        action="store_true",
+        help="make services listening on loopback only reachable on the guest's address (guest only)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("ENVD_LOG_LEVEL", "WARNING"))
 
 
@@ -35,6 +40,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         access_token=args.access_token or None,
         exited_retention=args.exited_retention,
         port_file=args.port_file,
+        forward_localhost=args.forward_localhost,
     )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return settings

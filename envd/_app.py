@@ -9,6 +9,7 @@ import logging
 from . import _system
 from ._connect import Code, ConnectError, Rpc
 from ._http import HttpServer, Router
+from ._ports import LocalhostForwarder
 from ._state import Settings, State
 from ._users import UnknownUser, User, default_user_name, lookup
 
@@ -28,6 +29,7 @@ class Envd:
         self.rpc = Rpc(self.router, self.resolve_user)
         self.http = HttpServer(self.router)
         self._closers: list[object] = []
+        self.forwarder = LocalhostForwarder() if settings.forward_localhost else None
         _system.register(self.router, state, settings)
         for name in _OPTIONAL_SERVICES:
             if importlib.util.find_spec(f"{__package__}.{name}") is None:
@@ -53,6 +55,8 @@ class Envd:
     async def start(self) -> None:
         await self.http.start(self.settings.host, self.settings.port)
         _log.info("envd listening on %s:%d", self.settings.host, self.port)
+        if self.forwarder is not None:
+            self.forwarder.start()
 
     @property
     def port(self) -> int:
@@ -62,6 +66,8 @@ class Envd:
         await self.http.serve_forever()
 
     async def aclose(self) -> None:
+        if self.forwarder is not None:
+            await self.forwarder.aclose()
         await self.http.aclose()
         for closer in reversed(self._closers):
             aclose = getattr(closer, "aclose", None)

@@ -17,6 +17,7 @@ class Settings:
     access_token: str | None = None
     version: str = "0.6.13"
     port_file: str | None = None  # where to write the bound port once listening (tests bind port 0)
+    forward_localhost: bool = False  # relay loopback-only listeners on the guest's address (`_ports`; guest only)
 
 
 @dataclass

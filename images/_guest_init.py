@@ -141,7 +141,7 @@ def start_envd(env: dict[str, str]) -> int:
     log_file = os.open(ENVD_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
         process = subprocess.Popen(
-            ["/usr/bin/python3", "-m", "wrenn_envd", "--set-clock"],
+            ["/usr/bin/python3", "-m", "wrenn_envd", "--set-clock", "--forward-localhost"],
             env=env,
             cwd="/",
             stdin=subprocess.DEVNULL,

@@ -202,25 +202,35 @@ def test_fork_gives_independent_sandboxes(e2b_env: Up) -> None:
 
 
 GUEST_PORT = 8080
+LOOPBACK_PORT = 8081  # a server bound to the guest's 127.0.0.1 only: envd relays it (--forward-localhost)
 
 
-def through_proxy(up: Up, sandbox_id: str, path: str) -> httpx.Response:
-    """A request to the guest's port 8080 through `wrenn up`'s proxy, routed by header like E2B's SDKs do."""
-    headers = {"E2b-Sandbox-Id": sandbox_id, "E2b-Sandbox-Port": str(GUEST_PORT)}
+def through_proxy(up: Up, sandbox_id: str, path: str, port: int = GUEST_PORT) -> httpx.Response:
+    """A request to a guest port through `wrenn up`'s proxy, routed by header like E2B's SDKs do."""
+    headers = {"E2b-Sandbox-Id": sandbox_id, "E2b-Sandbox-Port": str(port)}
     return httpx.get(f"{up.url}{path}", headers=headers, timeout=120)
 
 
-def start_guest_server(up: Up, sbx: Sandbox) -> None:
+def start_guest_server(up: Up, sbx: Sandbox, *, loopback_too: bool = False) -> None:
     sbx.files.write("/home/user/page.txt", "served by the guest")
     sbx.commands.run(f"python3 -m http.server {GUEST_PORT} --directory /home/user", background=True)
     wait_until(lambda: through_proxy(up, sbx.sandbox_id, "/page.txt").status_code == 200, 60, "the guest server")
+    if loopback_too:
+        server = f"python3 -m http.server {LOOPBACK_PORT} --bind 127.0.0.1 --directory /home/user"
+        sbx.commands.run(server, background=True)
+        wait_until(
+            lambda: through_proxy(up, sbx.sandbox_id, "/page.txt", LOOPBACK_PORT).status_code == 200,
+            60,
+            "the loopback-only guest server, relayed by envd",
+        )
 
 
 def test_a_guest_server_answers_through_the_proxy_before_pause_and_after_resume(e2b_env: Up) -> None:
     sbx = Sandbox.create("base", timeout=300)
     try:
-        start_guest_server(e2b_env, sbx)
+        start_guest_server(e2b_env, sbx, loopback_too=True)
         assert through_proxy(e2b_env, sbx.sandbox_id, "/page.txt").text == "served by the guest"
+        assert through_proxy(e2b_env, sbx.sandbox_id, "/page.txt", LOOPBACK_PORT).text == "served by the guest"
         token = detail(e2b_env, sbx.sandbox_id)["envdAccessToken"]
         assert sbx.pause() is True
         paused = through_proxy(e2b_env, sbx.sandbox_id, "/page.txt")
@@ -231,6 +241,8 @@ def test_a_guest_server_answers_through_the_proxy_before_pause_and_after_resume(
         assert detail(e2b_env, sbx.sandbox_id)["envdAccessToken"] == token
         after = through_proxy(e2b_env, sbx.sandbox_id, "/page.txt")
         assert (after.status_code, after.text) == (200, "served by the guest"), "the same server, resumed"
+        relayed = through_proxy(e2b_env, sbx.sandbox_id, "/page.txt", LOOPBACK_PORT)
+        assert (relayed.status_code, relayed.text) == (200, "served by the guest"), "the relay survives the pause"
     finally:
         sbx.kill()
 
