@@ -17,7 +17,7 @@ from pathlib import Path
 from wrenn.agent._resources import HostFacts, NetworkLease
 from wrenn.agent.cgroup import CgroupManager, Limits
 from wrenn.agent.disk import Qcow2Backend
-from wrenn.agent.network import AddressPlan, Egress, NetworkManager, prepare_host
+from wrenn.agent.network import AddressPlan, Egress, NetworkManager, SandboxNetwork, prepare_host
 from wrenn.agent.vmm import DiskFormat, Placement
 from wrenn.protocol.errors import Unavailable
 
@@ -41,13 +41,19 @@ class HostresResources:
 
     async def acquire_network(self, sandbox_id: str, slot: int, *, allow_internet: bool) -> NetworkLease:
         net = await self._network.setup(slot, egress=Egress.ALLOWED if allow_internet else Egress.DENIED)
-        return NetworkLease(
-            vm_network=net.vm_network,
-            envd_address=net.envd_address,
-            netns=net.netns,
-            guest_ip=net.guest_ip,
-            gateway_ip=net.gateway_ip,
+        return _lease(net)
+
+    async def prepare_network(self, slot: int) -> None:
+        await self._network.setup(slot, egress=Egress.DENIED)
+
+    async def take_network(self, sandbox_id: str, slot: int, *, allow_internet: bool) -> NetworkLease:
+        # A prepared slot is set up with egress denied: nothing to do unless the sandbox may go out.
+        net = (
+            await self._network.set_egress(slot, Egress.ALLOWED)
+            if allow_internet
+            else self._network.network(slot, Egress.DENIED)
         )
+        return _lease(net)
 
     async def release_network(self, sandbox_id: str, slot: int) -> None:
         await self._network.teardown(slot)
@@ -90,3 +96,13 @@ class HostresResources:
     def disk_mb_free(self, path: Path) -> int:
         stat = os.statvfs(path if path.exists() else path.parent)
         return stat.f_bavail * stat.f_frsize // MIB
+
+
+def _lease(net: SandboxNetwork) -> NetworkLease:
+    return NetworkLease(
+        vm_network=net.vm_network,
+        envd_address=net.envd_address,
+        netns=net.netns,
+        guest_ip=net.guest_ip,
+        gateway_ip=net.gateway_ip,
+    )

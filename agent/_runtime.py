@@ -81,6 +81,7 @@ class AgentRuntime:
                     stop_grace=settings.stop_grace,
                     rollback=settings.rollback_limit,
                 ),
+                network_pool=settings.network_pool,
             )
             await stack.enter_async_context(manager)
             identity = load_identity(settings.data_dir)

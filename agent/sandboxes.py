@@ -6,6 +6,10 @@ Create, step by step (`wrenn.agent.state.Step`; each step is persisted *before* 
     slot     netns,      qcow2    limits    restore from the warm      env vars,
              veth, TAP   overlay            snapshot, or cold boot     token, clock
 
+The network may come ready-made from the `NetworkPool` (a slot prepared in the background, egress denied; the create
+only applies the sandbox's egress to it). Writes of the record: one before network, disk and cgroup (begun together),
+one before the VMM starts, one when RUNNING. On a restore, envd's ``/init`` doubles as the readiness probe.
+
 A failure (or cancellation) at any step undoes the steps begun, in reverse, shielded and bounded; the error
 propagates. Destroy is the same undo. States (`SandboxState`)::
 
@@ -33,6 +37,7 @@ import structlog
 
 from wrenn.agent._envd import EnvdClient
 from wrenn.agent._images import AgentImage, ImageSource
+from wrenn.agent._netpool import POOL_FILE, NetworkPool
 from wrenn.agent._processes import kill_processes_mentioning
 from wrenn.agent._resources import HostFacts, HostResources
 from wrenn.agent._slots import SlotAllocator
@@ -81,6 +86,7 @@ class SandboxManager:
         slots: SlotAllocator,
         limits: Limits | None = None,
         host_id: str = "unregistered",
+        network_pool: int = 0,
     ) -> None:
         self._store = store
         self._driver = driver
@@ -104,6 +110,9 @@ class SandboxManager:
             stop_grace=self._limits.stop_grace,
         )
         self._snapshots = SnapshotStore(store.root.parent / "snapshots")
+        self._pool = NetworkPool(
+            resources=resources, slots=slots, path=store.root.parent / POOL_FILE, size=network_pool
+        )
 
     # ---- lifecycle of the manager ----------------------------------------------------------------------------
 
@@ -117,9 +126,12 @@ class SandboxManager:
     async def open(self) -> None:
         self._facts = await self._resources.open()
         await self._recover()
+        self._pool.open()
 
     async def aclose(self) -> None:
-        """Release VM handles; the VMMs keep running and are adopted by the next agent."""
+        """Stop refilling the network pool and remove its prepared slots; release VM handles (the VMMs keep
+        running and are adopted by the next agent)."""
+        await self._pool.aclose()
         for sandbox in self._sandboxes.values():
             if sandbox.vm is not None:
                 await sandbox.vm.aclose()
@@ -136,6 +148,10 @@ class SandboxManager:
     @property
     def images(self) -> ImageSource:
         return self._images
+
+    @property
+    def network_pool(self) -> NetworkPool:
+        return self._pool
 
     def vmm_pid(self, sandbox_id: str) -> int | None:
         """The VMM pid of a sandbox this agent holds a handle to (benchmarks measure its memory)."""
@@ -214,24 +230,32 @@ class SandboxManager:
             request = request.model_copy(update={"vcpus": meta.vcpus, "memory_mb": meta.memory_mb})
         image = self._images.find(snapshot[0].template if snapshot is not None else request.template)
         self._check_capacity(request)
-        slot = self._slots.allocate()
+        # A slot whose network the pool prepared (egress denied), else a fresh one whose network the create sets
+        # up. A prepared slot is recorded with NETWORK begun from the first write: undo tears it down like any.
+        slot = self._pool.take()
+        prepared = slot is not None
+        if slot is None:
+            slot = self._slots.allocate()
         record = SandboxRecord(
-            sandbox_id=sandbox_id, request=request, slot=slot, steps=[Step.SLOT], created_at=datetime.now(UTC)
+            sandbox_id=sandbox_id,
+            request=request,
+            slot=slot,
+            steps=[Step.SLOT, Step.NETWORK] if prepared else [Step.SLOT],
+            created_at=datetime.now(UTC),
         )
         sandbox = _Sandbox(record)
         self._sandboxes[sandbox_id] = sandbox
         self._forgotten.discard(sandbox_id)
         async with sandbox.lock:
             try:
-                await self._save(record)
                 started = asyncio.get_running_loop().time()
                 if snapshot is not None:
                     warm: WarmSnapshot | None = snapshot[1]
                 else:
                     warm = await self._templates.get(image, request.vcpus, request.memory_mb)
-                await self._build(sandbox, image, warm)
+                await self._build(sandbox, image, warm, prepared=prepared)
                 record.state = SandboxState.RUNNING
-                await self._save(record)
+                await self._save(record, durable=False)
                 log.info(
                     "sandbox running",
                     restored=record.restored,
@@ -251,7 +275,7 @@ class SandboxManager:
         if used + request.memory_mb > total:
             raise Exhausted(f"host memory exhausted: {used} of {total} MiB in use, {request.memory_mb} asked")
 
-    async def _build(self, sandbox: _Sandbox, image: AgentImage, warm: WarmSnapshot | None) -> None:
+    async def _build(self, sandbox: _Sandbox, image: AgentImage, warm: WarmSnapshot | None, *, prepared: bool) -> None:
         record = sandbox.record
         request = record.request
         assert record.slot is not None
@@ -264,12 +288,15 @@ class SandboxManager:
         if warm is not None:
             record.template_key = warm.key
             record.restored = True
-        # Network, disk and cgroup do not depend on each other: all three are recorded as begun in one write and
-        # set up concurrently (each undo is idempotent, so a crash or failure in any of them is undone alike).
-        await self._begin(record, Step.NETWORK, Step.DISK, Step.CGROUP)
+        # Nothing exists on the host for this sandbox yet (but a prepared network, recorded in `create`). Network,
+        # disk and cgroup do not depend on each other: all three are recorded as begun in the sandbox's first write
+        # (with its slot) and set up concurrently (each undo is idempotent, so a crash or failure in any of them is
+        # undone alike).
+        await self._begin(record, *(s for s in (Step.NETWORK, Step.DISK, Step.CGROUP) if not record.begun(s)))
         base, base_format = (warm.disk, "qcow2") if warm is not None else (image.rootfs, image.rootfs_format)
+        take_network = self._resources.take_network if prepared else self._resources.acquire_network
         lease, made_disk, placement = await asyncio.gather(
-            self._resources.acquire_network(record.sandbox_id, record.slot, allow_internet=request.allow_internet),
+            take_network(record.sandbox_id, record.slot, allow_internet=request.allow_internet),
             self._resources.create_disk(base, base_format, disk, request.disk_mb),
             self._resources.create_cgroup(record.sandbox_id, request.vcpus, request.memory_mb),
             return_exceptions=True,  # let all three finish, so the undo never races a half-made resource
@@ -299,28 +326,30 @@ class SandboxManager:
         )
         if warm is not None:
             sandbox.vm = await self._driver.restore(config, warm.directory, placement)
-            limit = self._limits.ready_restore
         else:
             sandbox.vm = await self._driver.start(config, placement)
-            limit = self._limits.ready_cold
         self._accelerator = self._accelerator or await self._driver.accelerator()
-        await self._envd.wait_ready(lease.envd_address, limit)
+        if warm is None:  # a boot: envd comes up some time after the VMM, /health says when
+            await self._envd.wait_ready(lease.envd_address, self._limits.ready_cold)
 
         # INIT makes no host state, so it is not written on its own: the RUNNING write right after records it.
+        # On a restore the guest's envd was listening when the snapshot was taken: /init is the readiness probe.
         record.steps.append(Step.INIT)
         await self._envd.init(
             lease.envd_address,
             env_vars=request.env_vars,
             access_token=request.envd_access_token,
             current_token=self._snapshots.guest_token(warm.key) if warm is not None else None,
+            ready_limit=self._limits.ready_restore if warm is not None else None,
         )
 
     async def _begin(self, record: SandboxRecord, *steps: Step) -> None:
         record.steps.extend(steps)
-        await self._save(record)
+        await self._save(record, durable=False)
 
-    async def _save(self, record: SandboxRecord) -> None:
-        await asyncio.to_thread(self._store.save, record)
+    async def _save(self, record: SandboxRecord, *, durable: bool = True) -> None:
+        """Persist `record`; the writes of a create need not be durable (why: `wrenn.agent.state`)."""
+        await asyncio.to_thread(self._store.save, record, durable=durable)
 
     # ---- pause and resume (wrenn.agent.pause) -----------------------------------------------------------------
 
@@ -470,6 +499,7 @@ class SandboxManager:
                 log.warning("undoing a half-done create or destroy", steps=[s.value for s in record.steps])
             with contextlib.suppress(Exception):
                 await self._undo_shielded(sandbox)
+        await self._pool.recover(claimed=self._slots.used)
         keep = set(self._sandboxes)
         await self._resources.cleanup_stale(keep, self._slots.used)
 

@@ -59,6 +59,12 @@ class AgentSettings(BaseSettings):
     stop_grace: float = Field(default=5.0, ge=0)
     rollback_limit: float = Field(default=60.0, gt=0, description="bound on undoing a half-done create")
     max_slots: int = Field(default=1000, ge=1, le=16000)
+    network_pool: int = Field(
+        default=3,
+        ge=0,
+        le=64,
+        description="sandbox networks kept set up ahead of creates (egress denied), refilled in the background; 0: off",
+    )
     resource_prefix: str = Field(
         default="wrenn", pattern=r"^[a-z][a-z0-9]{0,7}$", description="prefix of namespaces, links and cgroups"
     )

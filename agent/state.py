@@ -7,6 +7,11 @@ fsync, rename, fsync of the directory), so a crash leaves either the old or the 
 A record lists the host steps of a create (`Step`) in the order they are taken. A step is appended *before* it is
 taken, so after a crash at any point the record names everything that may exist and recovery undoes exactly that
 (every undo is idempotent: undoing a step that never happened is a no-op).
+
+The writes of a create are not fsynced (``durable=False``): what they guard against is the agent dying, and for that
+an atomic rename is enough. A host crash takes every step's result with it — namespaces (``/run`` is tmpfs),
+cgroups, VMMs — except the files under the sandbox's directory, which go whole with the directory when its record
+is undone, or, when the crash lost the record too, as a directory without a readable record (`load_all`).
 """
 
 from __future__ import annotations
@@ -73,17 +78,22 @@ class StateStore:
     def sandbox_dir(self, sandbox_id: str) -> Path:
         return self._root / sandbox_id
 
-    def save(self, record: SandboxRecord) -> None:
+    def save(self, record: SandboxRecord, *, durable: bool = True) -> None:
+        """Write `record` atomically (temp file, rename). `durable` also fsyncs the file and the directory, so the
+        record survives a host crash; without it, it survives the agent's crash (the page cache outlives a killed
+        process, and the rename is atomic either way)."""
         directory = self.sandbox_dir(record.sandbox_id)
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / STATE_FILE
         tmp = directory / f".{STATE_FILE}.tmp"
         with tmp.open("w") as f:
             f.write(record.model_dump_json(indent=2))
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         tmp.replace(path)
-        _fsync_dir(directory)
+        if durable:
+            _fsync_dir(directory)
 
     def load(self, sandbox_id: str) -> SandboxRecord | None:
         path = self.sandbox_dir(sandbox_id) / STATE_FILE

@@ -158,6 +158,9 @@ class WarmTemplates:
             )
             vm = await self._driver.start(config)
             await self._envd.wait_ready(lease.envd_address, self._boot_limit)
+            # One /init (no settings, the clock) before the snapshot: whatever envd loads on its first /init is then
+            # in every clone's memory already, instead of being loaded again after each restore.
+            await self._envd.init(lease.envd_address, env_vars={}, access_token=None)
             info = await vm.save_snapshot(directory / "snapshot")
             if info.disk is None:
                 raise VMMError(f"the {image.template} snapshot froze no disk")

@@ -47,6 +47,10 @@ def free_port() -> int:
 @dataclass
 class FakeResources:
     networks: dict[str, int] = field(default_factory=dict)
+    prepared: set[int] = field(default_factory=set)
+    """Slots set up ahead of any sandbox (`prepare_network`) and not yet taken or released."""
+    taken: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    """Sandbox id -> (prepared slot it took, allow_internet applied): a history, never emptied."""
     disks: set[Path] = field(default_factory=set)
     cgroups: dict[str, list[int]] = field(default_factory=dict)
     stale_calls: list[tuple[set[str], set[int]]] = field(default_factory=list)
@@ -70,8 +74,19 @@ class FakeResources:
         self.networks[sandbox_id] = slot
         return NetworkLease(vm_network=UserNetwork(host_port=port), envd_address=f"127.0.0.1:{port}")
 
+    async def prepare_network(self, slot: int) -> None:
+        self._maybe_fail("prepare")
+        self.prepared.add(slot)
+
+    async def take_network(self, sandbox_id: str, slot: int, *, allow_internet: bool) -> NetworkLease:
+        assert slot in self.prepared, f"slot {slot} was never prepared"
+        self.prepared.discard(slot)
+        self.taken[sandbox_id] = (slot, allow_internet)
+        return await self.acquire_network(sandbox_id, slot, allow_internet=allow_internet)
+
     async def release_network(self, sandbox_id: str, slot: int) -> None:
         self.networks.pop(sandbox_id, None)
+        self.prepared.discard(slot)
 
     async def create_disk(self, base: Path, base_format: str, dest: Path, size_mb: int) -> None:
         self._maybe_fail("disk")
@@ -103,6 +118,7 @@ class FakeResources:
         for sandbox_id in list(self.cgroups):
             if sandbox_id not in keep_sandboxes:
                 del self.cgroups[sandbox_id]
+        self.prepared &= set(keep_slots)
 
     def disk_mb_free(self, path: Path) -> int:
         return 10_000
@@ -162,7 +178,7 @@ class Env:
         self.warm = warm
         self.envd = EnvdClient(timeout=5)
 
-    def manager(self, driver: VMDriver | None = None) -> SandboxManager:
+    def manager(self, driver: VMDriver | None = None, *, pool: int = 0) -> SandboxManager:
         driver = driver or FakeDriver()
         slots = SlotAllocator(64)
         templates = WarmTemplates(
@@ -183,10 +199,12 @@ class Env:
             envd=self.envd,
             slots=slots,
             limits=Limits(ready_cold=10, ready_restore=10, stop_grace=1, rollback=20),
+            network_pool=pool,
         )
 
     def nothing_left(self) -> None:
         assert not self.resources.networks
+        assert not self.resources.prepared
         assert not self.resources.cgroups
         assert not {d for d in self.resources.disks if "templates" not in d.parts}
         sandboxes = self.root / "sandboxes"

@@ -8,6 +8,7 @@ All tests share one data directory, so the template's warm snapshot is made once
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import shutil
@@ -79,6 +80,7 @@ def settings(data_dir: Path, image: tuple[AgentImage, bool], prefix: str) -> Age
         restore_ready_limit=120,
         resource_prefix=prefix,
         transit_cidr=TRANSIT,
+        network_pool=0,  # the censuses below count namespaces while the agent runs; the pool has its own tests
     )
 
 
@@ -160,6 +162,61 @@ async def test_hundred_create_destroy_cycles_leak_nothing(
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 2  # the agent leaks no descriptors either
 
 
+# ---- the network pool on real namespaces ----------------------------------------------------------------------
+
+
+def ns_out(netns: str, *argv: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns, *argv], check=True, capture_output=True, text=True).stdout
+
+
+async def test_network_pool_creates_take_prepared_slots_and_nothing_is_left(
+    settings: AgentSettings, data_dir: Path
+) -> None:
+    before = census(data_dir, settings.resource_prefix)
+    pooled = settings.model_copy(update={"network_pool": 2})
+    store = StateStore(data_dir / "sandboxes")
+    async with AgentRuntime(pooled) as runtime:
+        manager = runtime.manager
+        pool = manager.network_pool
+        await pool.settled()
+        prepared = census(data_dir, settings.resource_prefix)
+        names = {f"{settings.resource_prefix}-ns-{slot}" for slot in pool.ready}
+        assert len(names) == 2
+        assert set(before.diff(prepared)["namespaces"]["new"]) == names  # type: ignore[index]
+        first = pool.ready[0]
+
+        denied = await manager.create(CreateSandbox(sandbox_id=sid("n", 1), template="base"))
+        record = store.load(denied.sandbox_id)
+        assert record is not None
+        assert record.slot == first
+        assert record.netns is not None
+        assert await envd_health(denied.envd_address) == 204
+        assert ns_out(record.netns, "ip", "route", "show", "default") == ""  # egress stays denied
+
+        await pool.settled()
+        second = pool.ready[0]
+        allowed = await manager.create(CreateSandbox(sandbox_id=sid("n", 2), template="base", allow_internet=True))
+        record2 = store.load(allowed.sandbox_id)
+        assert record2 is not None
+        assert record2.slot == second
+        assert record2.netns is not None
+        assert await envd_health(allowed.envd_address) == 204
+        # The sandbox's egress was applied to the prepared slot (rules and route only: no traffic off the host).
+        assert ns_out(record2.netns, "ip", "route", "show", "default") != ""
+        assert "masquerade" in ns_out(record2.netns, "nft", "list", "ruleset")
+
+        for info in (denied, allowed):
+            await manager.destroy(info.sandbox_id)
+        await pool.settled()
+        refilled = census(data_dir, settings.resource_prefix)
+        assert record.netns not in refilled.namespaces
+        assert record2.netns not in refilled.namespaces
+        assert len(refilled.namespaces - before.namespaces) == 2  # two new prepared slots, nothing else
+        assert refilled.sandbox_files == before.sandbox_files
+    assert before.diff(census(data_dir, settings.resource_prefix)) == {}  # closing the agent drained the pool
+    assert json.loads((data_dir / "pool.json").read_text()) == {"slots": []}
+
+
 # ---- SIGKILL of a real `wrenn agent` process mid-create -------------------------------------------------------
 
 
@@ -185,6 +242,9 @@ class AgentProcess:
             "WRENN_AGENT_RESTORE_READY_LIMIT": "120",
             "WRENN_AGENT_RESOURCE_PREFIX": self.settings.resource_prefix,
             "WRENN_AGENT_TRANSIT_CIDR": str(self.settings.transit_cidr),
+            # With the pool on: the restarted agent must remove what the killed one prepared (the census after
+            # the final stop says so), and creates take prepared slots.
+            "WRENN_AGENT_NETWORK_POOL": "2",
         }
         argv = [sys.executable, "-m", "wrenn.cli", "agent", "--data-dir", str(self.settings.data_dir)]
         with self.log.open("ab") as log:
