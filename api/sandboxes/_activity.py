@@ -61,10 +61,11 @@ class ActivityTracker:
     def touch(self, sandbox_id: str, idle_timeout_s: int | None) -> None:
         if idle_timeout_s is None:
             return  # a record without an idle window (created before migration 0102): nothing to extend
+        interval = max(min(self._interval, idle_timeout_s / 4), 0.05)  # the window may change (set_timeout)
         entry = self._entries.get(sandbox_id)
         if entry is None:
-            interval = max(min(self._interval, idle_timeout_s / 4), 0.05)
             entry = self._entries[sandbox_id] = _Entry(interval=interval, written_at=float("-inf"))
+        entry.interval = interval
         first = entry.pending is None
         entry.pending = self._clock()
         if first:

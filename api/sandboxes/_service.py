@@ -470,6 +470,8 @@ class SandboxService:
         """Resume a paused sandbox created with ``autoResume: {enabled: true}`` for proxy traffic, with the idle
         window it had (its last TTL). Returns once it runs (or ran already); raises when it cannot resume."""
         rec = await records.get(self._store, sandbox_id)
+        if rec is not None and rec.state is SandboxState.RUNNING:
+            return  # resumed meanwhile (another request, another API process)
         if rec is None or rec.state not in _RESUMABLE:
             raise NotFound(f"sandbox '{sandbox_id}' is not paused")
         if not rec.auto_resume:
