@@ -2,8 +2,9 @@
 
 For each guest size (default 256 MiB and 1 GiB; ``--sizes 256,1024,4096`` adds 4 GiB) and each amount of dirtied
 guest memory (``little``: an idle guest; ``much``: 3/8 of the guest's RAM written with non-zero bytes into tmpfs),
-it times ``pause`` (QMP stop + migrate to the state file + disk freeze + VMM ended) and ``resume`` (a fresh VMM
-restored in the same namespace, to envd ``/health`` 204 and ``/init``), and reports the state file size. Then
+it times ``pause`` (QMP stop, device state, the sandbox's memory file — built from the template's by the first
+pause, synced by later ones —, disk freeze, VMM ended) and ``resume`` (a fresh VMM restored in the same namespace
+on that memory file, to envd ``/health`` 204 and ``/init``), and reports the state and memory file sizes. Then
 create-from-snapshot (a restore from the warm template) vs a cold boot, and the host memory (PSS) of sandboxes
 restored from one template.
 
@@ -99,20 +100,29 @@ async def _dirty(address: str, mib: int) -> None:
 
 async def _cycles(
     manager: SandboxManager, data: Path, sandbox_id: str, cycles: int
-) -> tuple[list[float], list[float], int]:
+) -> tuple[list[float], list[float], int, int]:
+    """Pause/resume `cycles` times; returns pause and resume times, the state file's size and the data held by the
+    sandbox's own memory file (QEMU: ``run/memory``, built by the first pause of a sandbox made from a template)."""
     pauses: list[float] = []
     resumes: list[float] = []
     state_bytes = 0
+    memory_bytes = 0
     for _ in range(cycles):
         started = time.perf_counter()
         await manager.pause(sandbox_id)
         pauses.append(time.perf_counter() - started)
         state = data / "sandboxes" / sandbox_id / PAUSE_DIR / SNAPSHOT_DIR / STATE_FILE
         state_bytes = state.stat().st_size if state.exists() else 0
+        memory = data / "sandboxes" / sandbox_id / "run" / "memory"
+        memory_bytes = memory.stat().st_blocks * 512 if memory.exists() else 0
         started = time.perf_counter()
         await manager.resume(sandbox_id)
         resumes.append(time.perf_counter() - started)
-    return pauses, resumes, state_bytes
+    return pauses, resumes, state_bytes, memory_bytes
+
+
+def _load() -> str:
+    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -143,11 +153,14 @@ async def run(args: argparse.Namespace) -> None:
                         info = manager.get(sandbox_id)
                         if dirt == "much":
                             await _dirty(info.envd_address, size * 3 // 8)
-                        pauses, resumes, state = await _cycles(manager, data, sandbox_id, args.cycles)
+                        load = _load()
+                        pauses, resumes, state, memory = await _cycles(manager, data, sandbox_id, args.cycles)
                     finally:
                         await manager.destroy(sandbox_id)
                     label = f"{size} MiB, {dirt} dirtied"
-                    rows.append(_row(f"pause, {label}", pauses, f"state file {state / 2**20:.0f} MiB"))
+                    files = f"state file {state / 2**20:.2f} MiB, memory file data {memory / 2**20:.0f} MiB; {load}"
+                    rows.append(_row(f"first pause, {label}", pauses[:1], "builds the sandbox's memory file"))
+                    rows.append(_row(f"pause, {label}", pauses[1:], files))
                     rows.append(_row(f"resume, {label}", resumes, "to envd /health + /init"))
             # create from the warm snapshot vs cold boot (same image, same size)
             restores: list[float] = []
@@ -157,19 +170,22 @@ async def run(args: argparse.Namespace) -> None:
                 await manager.create(CreateSandbox(sandbox_id=sandbox_id, template="base", memory_mb=256))
                 restores.append(time.perf_counter() - started)
                 await manager.destroy(sandbox_id)
-            rows.append(_row("create from snapshot (256 MiB)", restores, "restore + envd /init"))
+            rows.append(_row("create from snapshot (256 MiB)", restores, f"restore + envd /init; {_load()}"))
             # host memory of N clones restored from one template
             clones = [_sid("m", i) for i in range(args.clones)]
+            started = time.perf_counter()
             await asyncio.gather(
                 *(manager.create(CreateSandbox(sandbox_id=c, template="base", memory_mb=256)) for c in clones)
             )
+            clone_seconds = time.perf_counter() - started
             try:
                 pss = [pss_kib(pid) for c in clones if (pid := manager.vmm_pid(c)) is not None]
             finally:
                 await asyncio.gather(*(manager.destroy(c) for c in clones))
             rows.append(
                 f"| host memory, {len(pss)} idle clones of one 256 MiB template | {len(pss)} | PSS total "
-                f"{sum(pss) / 1024:.0f} MiB | per clone {statistics.mean(pss) / 1024:.0f} MiB | - | - | |"
+                f"{sum(pss) / 1024:.0f} MiB | per clone {statistics.mean(pss) / 1024:.0f} MiB | - | - | "
+                f"all created at once in {clone_seconds:.0f} s; {_load()} |"
             )
         cold_settings = settings.model_copy(update={"warm_templates": False})
         colds: list[float] = []
@@ -180,7 +196,7 @@ async def run(args: argparse.Namespace) -> None:
                 await runtime.manager.create(CreateSandbox(sandbox_id=sandbox_id, template="base", memory_mb=256))
                 colds.append(time.perf_counter() - started)
                 await runtime.manager.destroy(sandbox_id)
-        rows.append(_row("create by cold boot (256 MiB)", colds, "boot + envd /init"))
+        rows.append(_row("create by cold boot (256 MiB)", colds, f"boot + envd /init; {_load()}"))
         if restores and colds:
             rows.append(
                 f"| cold boot / create-from-snapshot (p50) | | {_pct(colds, 50) / _pct(restores, 50):.1f}x | | | | |"
@@ -191,7 +207,7 @@ async def run(args: argparse.Namespace) -> None:
     print(
         f"\nmachine: {platform.node()}, {os.cpu_count()} cores, {platform.machine()}, accelerator TCG (no usable KVM)"
     )
-    print(f"image: base ({image.key[:12]}), cycles per row: {args.cycles}\n")
+    print(f"image: base ({image.key[:12]}), cycles per size: {args.cycles} (first pause listed on its own)\n")
     print("| what | n | p50 ms | p95 ms | p99 ms | mean ms | note |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
