@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import falcon.asgi
@@ -18,6 +19,7 @@ from wrenn.api.hosts._records import HostRecord, HostState, set_state
 from wrenn.api.hosts._routes import operations
 from wrenn.api.hosts._service import HostService
 from wrenn.provision.ca import (
+    CAError,
     CertificateAuthority,
     CertificateRenewer,
     IssuedCertificate,
@@ -71,6 +73,10 @@ def register(app: falcon.asgi.App[Any, Any], deps: Deps) -> None:
             ca.ca_file, deps.settings.data_dir / "api-client.pem", deps.settings.data_dir / "api-client.key"
         )
         files.cert_file.parent.mkdir(parents=True, exist_ok=True)
+        if not await asyncio.to_thread(_issued_by, ca, files.cert_file):
+            # left by a control plane with another CA (a re-created CA, a shared data dir): agents would refuse it
+            # while it is still valid, so it is replaced now rather than at its renewal time
+            files.cert_file.unlink(missing_ok=True)
 
         async def issue() -> IssuedCertificate:
             return await asyncio.to_thread(ca.issue_client, "wrenn-api")
@@ -83,3 +89,12 @@ def register(app: falcon.asgi.App[Any, Any], deps: Deps) -> None:
         directory.use_ssl_context(context.context)
 
     deps.on_startup(start_mutual_tls)
+
+
+def _issued_by(ca: CertificateAuthority, cert_file: Path) -> bool:
+    """True when ``cert_file`` holds a certificate ``ca`` signed (False: missing, unreadable or foreign)."""
+    try:
+        ca.verify(cert_file.read_text())
+    except (OSError, ValueError, CAError):
+        return False
+    return True

@@ -161,7 +161,17 @@ def test_onboard_host_registers_runs_a_sandbox_and_survives_an_upgrade(
     hosts = httpx.get(f"{api}/v1/hosts", headers={"Authorization": f"Bearer {session}"}, timeout=10).json()
     (ours,) = [h for h in hosts if h["id"] == result["host_id"]]
     assert ours["name"] == "ns-host"
-    assert ours["address"] == f"http://{remote.address}:{agent_port}"
+    # control-plane.yml runs the internal CA: the agent (told nothing about TLS) got its certificate at registration
+    # and serves mutual TLS with it, so the control plane records it at https:// and every call below uses mTLS.
+    assert ours["address"] == f"https://{remote.address}:{agent_port}"
+    issued = Path(node.vars["wrenn_data_dir"]) / "agent" / "tls"
+    assert oct((issued / "host.key").stat().st_mode & 0o777) == "0o600"
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(issued / "ca.pem"), "-crl_check", "-CRLfile", str(issued / "crl.pem"),
+         str(issued / "host.pem")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
     # The onboarded host runs a sandbox for the official SDK (the control plane schedules on its only host).
     from e2b import Sandbox

@@ -153,3 +153,18 @@ def test_without_a_ca_hosts_stay_on_plain_http(stack: Stack) -> None:
     finally:
         with psycopg.connect(stack.database_url) as conn:
             conn.execute("UPDATE hosts SET state = 'removed' WHERE name = 'plain-host'")
+
+
+def test_a_client_certificate_of_another_ca_is_replaced_at_start(stack: Stack, tmp_path: Path) -> None:
+    """A still-valid api-client.pem signed by a previous CA (same subject name) would be refused by every agent."""
+    data_dir = tmp_path / "data"
+    old = CertificateAuthority.create(tmp_path / "old-ca")
+    old.issue_client("wrenn-api").write(data_dir / "api-client.pem", data_dir / "api-client.key")
+    ca = CertificateAuthority.create(tmp_path / "ca")
+    settings = Settings(database_url=stack.database_url, ca_dir=tmp_path / "ca", data_dir=data_dir, job_workers=0)
+    api = ThreadServer(create_public_app(settings))
+    api.start()
+    try:
+        ca.verify((data_dir / "api-client.pem").read_text())  # raises CAError when it is still the old one
+    finally:
+        api.stop()
