@@ -263,16 +263,6 @@ async def record_activity(store: Store, seen: Mapping[str, datetime]) -> dict[st
         return {row["id"]: row["end_at"] for row in await cur.fetchall()}
 
 
-async def stuck_transitions(store: Store, host_id: str, before: datetime) -> list[SandboxRecord]:
-    """Rows of a host left ``pausing``/``resuming`` since before ``before`` (their control plane died or hung)."""
-    rows = await store.fetch_all(
-        "SELECT * FROM sandboxes WHERE host_id = %s AND state IN ('pausing', 'resuming') "
-        "AND COALESCE(transition_at, paused_at, started_at) < %s",
-        (host_id, before),
-    )
-    return [SandboxRecord.from_row(r) for r in rows]
-
-
 async def list_live(
     store: Store,
     *,

@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import pytest
 from e2b import Sandbox
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 
 from tests.api.sandboxes.conftest import Stack, fresh_database, running_stack
 from wrenn.api.app import deps_of
@@ -229,6 +231,29 @@ def test_a_stream_carrying_data_is_activity(client: httpx.Client, upstream: Upst
     client.delete(f"/sandboxes/{sandbox_id}")
 
 
+async def test_a_websocket_carrying_messages_is_activity(stack: Stack) -> None:
+    async def echo(ws: ServerConnection) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    async with (
+        serve(echo, "127.0.0.1", 0) as server,
+        httpx.AsyncClient(base_url=stack.url, headers={"X-API-KEY": stack.api_key}) as api,
+    ):
+        port = next(iter(server.sockets)).getsockname()[1]
+        sandbox_id = (await api.post("/sandboxes", json={"templateID": "base", "timeout": 3})).json()["sandboxID"]
+        url = stack.url.replace("http://", "ws://") + "/ws"
+        async with connect(url, additional_headers=routed(sandbox_id, port), proxy=None) as ws:
+            until = time.monotonic() + 6
+            while time.monotonic() < until:
+                await ws.send("ping")
+                assert await ws.recv() == "ping"
+                await asyncio.sleep(0.3)
+        detail = await api.get(f"/sandboxes/{sandbox_id}")
+        assert detail.status_code == 200, "6 s of messages kept a 3 s sandbox alive"
+        await api.delete(f"/sandboxes/{sandbox_id}")
+
+
 def test_activity_extends_only_running_sandboxes_and_never_past_the_cap(stack: Stack, client: httpx.Client) -> None:
     running = create(client, timeout=60)
     paused = create(client, timeout=60)
@@ -334,6 +359,7 @@ def test_a_pause_lets_an_in_flight_request_finish(
     """A slow request in flight when the pause comes completes; requests arriving meanwhile are not routed to the
     sandbox: 502 at once without auto-resume, with it they wait for the pause and the resume and then succeed."""
     sandbox_id = create(client, auto_resume=auto_resume)
+    pauses, resumes = stack.agent.pauses, stack.agent.resumes
     slow: dict[str, Any] = {}
 
     def slow_request() -> None:
@@ -355,7 +381,7 @@ def test_a_pause_lets_an_in_flight_request_finish(
     assert paused["at"] >= upstream.finished_at > 0, "the VM was paused only after the in-flight request was done"
     if auto_resume:
         assert (late.status_code, late.text) == (200, "ok"), f"the late request waited for the resume: {late.text}"
-        assert late_at >= paused["at"]
+        assert (stack.agent.pauses, stack.agent.resumes) == (pauses + 1, resumes + 1), "paused, then woken by it"
         assert db_row(stack, sandbox_id)["state"] == "running"
     else:
         assert late.status_code == 502, f"nothing new is routed to a pausing sandbox: {late.text}"
