@@ -264,7 +264,7 @@ def test_expiry_outlives_the_api_process_that_created_the_sandbox(stack: Stack) 
     creator.start()
     try:
         with httpx.Client(base_url=creator.url, headers={"X-API-KEY": stack.api_key}) as c:
-            created = c.post("/sandboxes", json={"templateID": "base", "timeout": 2})
+            created = c.post("/sandboxes", json={"templateID": "base", "timeout": 6})
             assert created.status_code == 201
             sid = created.json()["sandboxID"]
     finally:
