@@ -8,9 +8,14 @@ same image to the same readiness, measured in the same run (interleaved), like w
 * boot: `create` with warm templates off (cold boot) vs the same hand-written command line booting the image
   (no ``-incoming``), in a prepared namespace too;
 
-plus the host memory (PSS) of each idle sandbox's VMM and creates per second with 10 in parallel.
+plus the host memory (PSS) of each idle sandbox's VMM and creates per second with 10 in parallel, and (with
+``--breakdown``) the median time of each step of the agent's restore path.
 
-    .venv/bin/python -m bench.agent_create [--count 20] [--cold-count 5] [--parallel 10]
+The agent keeps its default network pool (`AgentSettings.network_pool`). Before every timed create and every bare
+launch the bench waits, untimed, until the pool has refilled (`NetworkPool.settled`), so the refill's work never
+lands inside a measured interval of either side; the creates measured are the steady state of a pool with slots.
+
+    .venv/bin/python -m bench.agent_create [--count 20] [--cold-count 5] [--parallel 10] [--breakdown]
 
 Needs root and QEMU. The guest is the built `base` image when there is one, else the tests' tiny guest.
 """
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import platform
 import shutil
@@ -85,7 +91,11 @@ async def bare_launch(
         if accel is Accelerator.TCG and khz:
             cmdline += f" tsc_early_khz={khz}"
         acpi = "off" if "acpi=off" in cmdline.split() else "on"  # as the image's kernel wants (docs/vmm.md)
-        memory = warm.directory.parent / "memory" if warm is not None else None
+        # As the driver reads the snapshot: its manifest names the memory file and says whether the stream holds
+        # device state only (no configuration section; RAM is the memory file).
+        manifest = json.loads((warm.directory / "snapshot.json").read_text()) if warm is not None else {}
+        memory = Path(manifest["memory_file"]) if manifest.get("memory_file") else None
+        devices_only = bool(manifest.get("devices_only"))
         argv = [
             *("ip", "netns", "exec", net.netns, "qemu-system-x86_64"),
             *("-M", f"microvm,accel={accel.value},acpi={acpi}" + (",memory-backend=mem" if restore else "")),
@@ -102,6 +112,8 @@ async def bare_launch(
         ]
         if restore:
             argv += ["-qmp", f"unix:{run / 'qmp.sock'}", "-incoming", "defer"]
+            if devices_only:
+                argv += ["-global", "migration.send-configuration=off"]
         started = time.monotonic()
         qmp = QMPClient("bare")
         if restore:
@@ -110,7 +122,7 @@ async def bare_launch(
         proc = await asyncio.create_subprocess_exec(*argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         try:
             if warm is not None:
-                await _bare_incoming(qmp, warm.directory / "state")
+                await _bare_incoming(qmp, warm.directory / "state", devices_only=devices_only)
             await wait_envd(lease.envd_address, LIMIT)
             return time.monotonic() - started
         finally:
@@ -124,11 +136,14 @@ async def bare_launch(
         shutil.rmtree(run, ignore_errors=True)
 
 
-async def _bare_incoming(qmp: QMPClient, state: Path) -> None:
-    """The minimum QEMU needs for a file-backed-RAM restore: the capability before the stream, then ``cont``
-    (the snapshot was taken paused, and the run state migrates with it)."""
+async def _bare_incoming(qmp: QMPClient, state: Path, *, devices_only: bool) -> None:
+    """The minimum QEMU needs for a file-backed-RAM restore: the capabilities before the stream (``x-ignore-shared``
+    only for a full stream; a device-state-only one holds no RAM), then ``cont`` (the snapshot was taken paused,
+    and the run state migrates with it)."""
     await asyncio.wait_for(qmp.accept(), LIMIT)
-    caps = [{"capability": "x-ignore-shared", "state": True}, {"capability": "events", "state": True}]
+    caps = [{"capability": "events", "state": True}]
+    if not devices_only:
+        caps.append({"capability": "x-ignore-shared", "state": True})
     await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
     with qmp.listener("MIGRATION") as listener:
         await qmp.execute("migrate-incoming", {"uri": f"exec:cat {state}"})
@@ -139,20 +154,65 @@ async def _bare_incoming(qmp: QMPClient, state: Path) -> None:
     await qmp.execute("cont")
 
 
-async def wrenn_create(manager: SandboxManager, sandbox_id: str) -> float:
+async def wrenn_create(manager: SandboxManager, sandbox_id: str, steps: _Steps | None = None) -> float:
     started = time.monotonic()
-    await manager.create(CreateSandbox(sandbox_id=sandbox_id, template="base"))
+    if steps is not None:
+        steps.on = True
+    try:
+        await manager.create(CreateSandbox(sandbox_id=sandbox_id, template="base"))
+    finally:
+        if steps is not None:
+            steps.on = False
     elapsed = time.monotonic() - started
     await manager.destroy(sandbox_id)
     return elapsed
 
 
-async def main_async(count: int, cold_count: int, parallel: int) -> None:
+class _Steps:
+    """Times of the steps of `manager`'s creates while `on`, by wrapping its collaborators (bench-only: it reaches
+    into the manager's private parts, which nothing else may do)."""
+
+    def __init__(self, manager: SandboxManager) -> None:
+        self.on = False
+        self.times: dict[str, list[float]] = {}
+        _instrument(manager, self)
+
+
+def _instrument(manager: SandboxManager, steps: _Steps) -> None:
+    times = steps.times
+
+    def wrap(owner: object, name: str, label: str) -> None:
+        inner = getattr(owner, name)
+
+        async def timed(*args: object, **kwargs: object) -> object:
+            started = time.monotonic()
+            try:
+                return await inner(*args, **kwargs)
+            finally:
+                if steps.on:
+                    times.setdefault(label, []).append(time.monotonic() - started)
+
+        setattr(owner, name, timed)
+
+    resources = manager.resources
+    wrap(resources, "take_network", "network (prepared slot)")
+    wrap(resources, "acquire_network", "network (set up in the create)")
+    wrap(resources, "create_disk", "qcow2 layer")
+    wrap(resources, "create_cgroup", "cgroup")
+    wrap(manager._driver, "restore", "driver.restore (QMP, incoming, cont)")
+    wrap(manager._envd, "wait_ready", "envd /health wait")
+    wrap(manager._envd, "init", "envd /init (readiness probe on restores)")
+    wrap(manager, "_save", "state write (each)")
+
+
+async def main_async(count: int, cold_count: int, parallel: int, breakdown: bool, pool_size: int | None) -> None:
     image, with_envd = guest_image()
     work = Path(tempfile.mkdtemp(prefix="wab-", dir="/tmp"))
     settings = AgentSettings(
         data_dir=work / "data", envd_ready_limit=LIMIT, resource_prefix="wbench", transit_cidr="10.199.0.0/16"
     )
+    if pool_size is not None:
+        settings = settings.model_copy(update={"network_pool": pool_size})
     (work / "data").mkdir()
     settings = settings.model_copy(update={"images_file": images_file(image, work / "data")})
     cold_settings = settings.model_copy(update={"data_dir": work / "cold", "warm_templates": False})
@@ -169,9 +229,14 @@ async def main_async(count: int, cold_count: int, parallel: int) -> None:
             accel = (await manager.host_info()).accelerator
             warm = await manager.templates.get(image, 1, 256)
             assert warm is not None, "no warm snapshot could be made"
+            steps = _Steps(manager) if breakdown else None
+            pool = manager.network_pool
             for n in range(count):
-                wrenn_restore.append(await wrenn_create(manager, _sid("r", n)))
+                await pool.settled()
+                wrenn_restore.append(await wrenn_create(manager, _sid("r", n), steps))
+                await pool.settled()
                 bare.append(await bare_launch(manager.resources, image, accel, work, n, warm))
+            await pool.settled()
 
             ids = [_sid("p", n) for n in range(parallel)]
             started = time.monotonic()
@@ -183,8 +248,11 @@ async def main_async(count: int, cold_count: int, parallel: int) -> None:
             await asyncio.gather(*(manager.destroy(i) for i in ids))
 
         async with AgentRuntime(cold_settings) as runtime:
+            pool = runtime.manager.network_pool
             for n in range(cold_count):
+                await pool.settled()
                 wrenn_cold.append(await wrenn_create(runtime.manager, _sid("b", n)))
+                await pool.settled()
                 bare_cold.append(await bare_launch(runtime.manager.resources, image, accel, work, 100 + n, None))
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -210,6 +278,12 @@ async def main_async(count: int, cold_count: int, parallel: int) -> None:
     print(f"\n{parallel} creates in parallel: {burst:.1f} s = {parallel / burst:.2f} creates/s ({accel.value})")
     if pss:
         print(f"idle VMM PSS per sandbox: mean {statistics.mean(pss) / 1024:.0f} MiB, max {max(pss) / 1024:.0f} MiB")
+    print(f"network pool: {settings.network_pool} prepared slots (0: off)")
+    if steps:
+        print("\n| step of a restore create (network, layer, cgroup run together) | calls | median ms |")
+        print("|---|---|---|")
+        for label, values in steps.times.items():
+            print(f"| {label} | {len(values)} | {statistics.median(values) * 1000:.1f} |")
 
 
 def main() -> None:
@@ -217,9 +291,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=20)
     parser.add_argument("--cold-count", type=int, default=5)
     parser.add_argument("--parallel", type=int, default=10)
+    parser.add_argument("--breakdown", action="store_true", help="also time each step of the restore creates")
+    parser.add_argument("--pool", type=int, default=None, help="network pool size (default: the agent's default)")
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))
-    asyncio.run(main_async(args.count, args.cold_count, args.parallel))
+    asyncio.run(main_async(args.count, args.cold_count, args.parallel, args.breakdown, args.pool))
 
 
 if __name__ == "__main__":
