@@ -33,7 +33,12 @@ def agent_url(ephemeral_ca: EphemeralCA) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = os.environ | {"WRENN_AGENT_RESOURCE_PREFIX": f"wt{secrets.token_hex(2)}", "WRENN_AGENT_DRIVER": "fake"}
+    # no prepared network slots: a fake-driver agent needs none, and they would outlive it on the default transit
+    env = os.environ | {
+        "WRENN_AGENT_RESOURCE_PREFIX": f"wt{secrets.token_hex(2)}",
+        "WRENN_AGENT_DRIVER": "fake",
+        "WRENN_AGENT_NETWORK_POOL": "0",
+    }
     argv = [sys.executable, "-m", "wrenn.cli", "agent", "--data-dir", str(data), "--listen", f"127.0.0.1:{port}"]
     argv += ["--tls-cert", str(server.cert_file), "--tls-key", str(server.key_file)]
     argv += ["--tls-client-ca", str(ephemeral_ca.ca.ca_file)]

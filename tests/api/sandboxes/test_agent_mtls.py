@@ -115,6 +115,7 @@ async def agent(control_plane: ControlPlane) -> AsyncIterator[Agent]:
     env = os.environ | {
         "WRENN_AGENT_RESOURCE_PREFIX": f"wb{secrets.token_hex(2)}",
         "WRENN_AGENT_DRIVER": "fake",
+        "WRENN_AGENT_NETWORK_POOL": "0",  # a fake-driver agent needs no prepared network slots
         "WRENN_AGENT_CRL_REFRESH_S": "0.5",
         "WRENN_AGENT_NAME": "mtls-agent",
     }
