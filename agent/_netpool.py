@@ -153,7 +153,14 @@ class NetworkPool:
         self._preparing.add(slot)
         try:
             await self._write()  # recorded before it is set up
-            await self._resources.prepare_network(slot)
+            preparing = asyncio.ensure_future(self._resources.prepare_network(slot))
+            try:
+                await asyncio.shield(preparing)
+            except asyncio.CancelledError:
+                # The host work goes on in its worker thread after a cancellation: undo it only once it has ended,
+                # or the undo could run before the last of it and leave a namespace behind.
+                await asyncio.wait([preparing])
+                raise
         except BaseException:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._resources.release_network(OWNER, slot))

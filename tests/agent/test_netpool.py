@@ -5,12 +5,14 @@ on real namespaces."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from pathlib import Path
 
 import pytest
 
-from tests.agent.fakes import Env, health, sid
+from tests.agent.fakes import Env, FakeResources, health, sid
 from wrenn.agent import StateStore
 from wrenn.agent._netpool import POOL_FILE
 from wrenn.protocol.agent import CreateSandbox, SandboxState
@@ -142,3 +144,37 @@ def test_default_settings_enable_a_small_pool(tmp_path: Path) -> None:
 
     assert 1 <= AgentSettings(data_dir=tmp_path).network_pool <= 4
     assert AgentSettings(data_dir=tmp_path, network_pool=0).network_pool == 0
+
+
+class SlowPrepare(FakeResources):
+    """`prepare_network` in a worker thread that waits for `release`, as the real one runs `ip`/`nft` in a thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    async def prepare_network(self, slot: int) -> None:
+        await asyncio.to_thread(self._prepare, slot)
+
+    def _prepare(self, slot: int) -> None:
+        self.started.set()
+        assert self.release.wait(30)
+        self.prepared.add(slot)  # the last of the host work lands after the cancellation
+
+
+async def test_close_during_a_preparation_waits_for_it_then_undoes_it(env: Env) -> None:
+    env.resources = SlowPrepare()
+    resources = env.resources
+    manager = env.manager(pool=1)
+    await manager.open()
+    await asyncio.to_thread(resources.started.wait, 30)
+    closing = asyncio.create_task(manager.aclose())
+    for _ in range(5):
+        await asyncio.sleep(0)  # let aclose begin and its cancellation reach the refill task; the thread still works
+    assert manager.network_pool._task is None  # aclose has cancelled the refill task
+    assert not resources.release.is_set()
+    resources.release.set()
+    await asyncio.wait_for(closing, 30)
+    env.nothing_left()
+    assert pool_file(env) == []
