@@ -11,7 +11,8 @@ stop being routed, open ones get a grace period to finish, the rest are cut).
 
 A request for a paused sandbox created with ``autoResume: {enabled: true}`` resumes it (`ProxyBackend.auto_resume`; one
 resume per sandbox however many requests wait for it, each waiting at most ``resume_wait_s``) and is then forwarded.
-Every forwarded request, and every chunk or message a stream carries, is reported as activity
+Every forwarded request (but envd's `GET /health`, which only observes), and every chunk or message a stream
+carries, is reported as activity
 (`ProxyBackend.touch`, which must be cheap: the sandbox domain coalesces it).
 """
 
@@ -254,7 +255,8 @@ class SandboxProxy:
         else:
             await _not_found(send, scope, key.sandbox_id)
             return
-        self._backend.touch(key.sandbox_id, target.idle_timeout_s)
+        if not _is_liveness_probe(scope, key):
+            self._backend.touch(key.sandbox_id, target.idle_timeout_s)
         if scope["type"] == "websocket":
             await self._proxy_websocket(scope, receive, send, key, headers, target)
             return
@@ -442,6 +444,8 @@ class SandboxProxy:
                 return
             try:
                 touch = self._toucher(key.sandbox_id, target.idle_timeout_s)
+                if _is_liveness_probe(scope, key):
+                    touch = _no_activity
                 await self._relay(upstream, scope, receive, send, stream, body_done, touch)
             finally:
                 await upstream.aclose()
@@ -512,6 +516,16 @@ async def _race(awaitable: Awaitable[httpx.Response], cut: asyncio.Event) -> htt
     with contextlib.suppress(asyncio.CancelledError, httpx.TransportError):
         response = await main
         await response.aclose()
+    return None
+
+
+def _is_liveness_probe(scope: Scope, key: RouteKey) -> bool:
+    """``GET /health`` on envd's port asks whether the sandbox is alive (the SDK's ``is_running()``): it is not
+    activity, or polling a sandbox until its timeout would keep it from ever timing out."""
+    return key.port == ENVD_PORT and scope.get("method") == "GET" and scope.get("path") == "/health"
+
+
+def _no_activity() -> None:
     return None
 
 

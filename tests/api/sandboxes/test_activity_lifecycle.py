@@ -193,15 +193,16 @@ def routed(sandbox_id: str, port: int | None = None) -> dict[str, str]:
 # -- activity ---------------------------------------------------------------------------------------------------
 
 
-def test_pings_keep_an_idle_sandbox_alive_with_coalesced_writes(e2b_env: Stack, service: SandboxService) -> None:
-    """``is_running()`` (envd ``/health`` through the proxy) is the SDK's ping: a 4 s sandbox pinged for 8 s lives,
-    with about one write per interval; left idle it times out about 4 s after the last ping."""
+def test_use_keeps_an_idle_sandbox_alive_with_coalesced_writes(e2b_env: Stack, service: SandboxService) -> None:
+    """Requests through the proxy (here the SDK's ``files.exists``, a Filesystem.Stat RPC) are activity: a 4 s
+    sandbox used for 8 s lives, with about one write per interval; left idle it times out about 4 s after the last
+    request."""
     sbx = Sandbox.create("base", timeout=4)
     writes = service.activity.writes
     pings = 0
     until = time.monotonic() + 8
     while time.monotonic() < until:
-        assert sbx.is_running()
+        assert sbx.files.exists("/")
         pings += 1
         time.sleep(0.05)
     last_ping = time.monotonic()
@@ -216,6 +217,17 @@ def test_pings_keep_an_idle_sandbox_alive_with_coalesced_writes(e2b_env: Stack, 
         wait_until(lambda: state(client, sbx.sandbox_id) is None, 15, "the idle sandbox to time out")
     idle = time.monotonic() - last_ping
     assert 4 - INTERVAL_S <= idle <= 4 + 5, f"timed out {idle:.1f} s after its last ping (timeout 4 s)"
+
+
+def test_polling_is_running_does_not_keep_a_sandbox_alive(e2b_env: Stack) -> None:
+    """``is_running()`` (envd ``GET /health`` through the proxy) only observes: a sandbox polled by it still times
+    out on time, as E2B's (the SDK's own timeout tests poll it until the sandbox is gone)."""
+    sbx = Sandbox.create("base", timeout=3)
+    started = time.monotonic()
+    while sbx.is_running():
+        assert time.monotonic() - started < 20, "polled with is_running(), the 3 s sandbox never timed out"
+        time.sleep(0.05)
+    assert time.monotonic() - started >= 3 - 0.5
 
 
 def test_a_stream_carrying_data_is_activity(client: httpx.Client, upstream: Upstream) -> None:
