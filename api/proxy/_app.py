@@ -255,8 +255,7 @@ class SandboxProxy:
         else:
             await _not_found(send, scope, key.sandbox_id)
             return
-        if not _is_liveness_probe(scope, key):
-            self._backend.touch(key.sandbox_id, target.idle_timeout_s)
+        self._toucher(scope, key, target)()
         if scope["type"] == "websocket":
             await self._proxy_websocket(scope, receive, send, key, headers, target)
             return
@@ -371,13 +370,18 @@ class SandboxProxy:
             url += "?" + query.decode("latin-1")
         stream = self._open_stream(key.sandbox_id)
         try:
-            touch = self._toucher(key.sandbox_id, target.idle_timeout_s)
+            touch = self._toucher(scope, key, target)
             if not await relay_websocket(scope, receive, send, url, headers, stream.cut, on_data=touch):
                 _log.warning("sandbox websocket unreachable: %s %s", key.sandbox_id, url)
         finally:
             self._close_stream(key.sandbox_id, stream)
 
-    def _toucher(self, sandbox_id: str, idle_timeout_s: int | None) -> Callable[[], None]:
+    def _toucher(self, scope: Scope, key: RouteKey, target: ProxyTarget) -> Callable[[], None]:
+        """What reports this request's activity: nothing for a liveness probe."""
+        if _is_liveness_probe(scope, key):
+            return _no_activity
+        sandbox_id, idle_timeout_s = key.sandbox_id, target.idle_timeout_s
+
         def touch() -> None:
             self._backend.touch(sandbox_id, idle_timeout_s)
 
@@ -443,9 +447,7 @@ class SandboxProxy:
                 await _not_found(send, scope, key.sandbox_id)
                 return
             try:
-                touch = self._toucher(key.sandbox_id, target.idle_timeout_s)
-                if _is_liveness_probe(scope, key):
-                    touch = _no_activity
+                touch = self._toucher(scope, key, target)
                 await self._relay(upstream, scope, receive, send, stream, body_done, touch)
             finally:
                 await upstream.aclose()
