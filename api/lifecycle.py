@@ -177,6 +177,8 @@ class PauseResume:
             if rec is not None:
                 break
             current = await _current(self._store, sandbox_id, team_id)
+            if current is not None and current.state is SandboxState.PAUSED:
+                continue  # the pause finished between the two reads: try the transition again
             if current is None or current.state not in {SandboxState.RESUMING, SandboxState.PAUSING}:
                 return None
             if asyncio.get_running_loop().time() > deadline:

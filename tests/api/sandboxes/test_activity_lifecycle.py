@@ -24,6 +24,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 
 from tests.api.sandboxes.conftest import Stack, fresh_database, running_stack
+from wrenn.api import lifecycle
 from wrenn.api.app import deps_of
 from wrenn.api.sandboxes import SandboxService, service_of
 from wrenn.api.sandboxes import _records as records
@@ -399,6 +400,34 @@ def test_a_pause_lets_an_in_flight_request_finish(
         assert late.status_code == 502, f"nothing new is routed to a pausing sandbox: {late.text}"
         assert late_at < slow["at"], "...and it is refused at once, not held"
         assert db_row(stack, sandbox_id)["state"] == "paused"
+    client.delete(f"/sandboxes/{sandbox_id}")
+
+
+def test_an_auto_resume_racing_the_end_of_a_pause_resumes(
+    stack: Stack, client: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pause finishes between the resume's failed ``paused -> resuming`` step and its look at the row: the resume
+    tries again instead of taking "paused" for "not resumable" (seen in CI as a 502 "stopped while it was resumed")."""
+    sandbox_id = create(client, auto_resume=True)
+    assert client.post(f"/sandboxes/{sandbox_id}/pause").status_code == 204
+    db_exec(stack, "UPDATE sandboxes SET state = 'pausing', transition_at = now() WHERE id = %s", (sandbox_id,))
+    real_current = lifecycle._current  # the race is between this read and the transition
+    finished: list[str] = []
+
+    async def pause_finishes_first(store: Store, sid: str, team_id: Any) -> Any:
+        if sid == sandbox_id and not finished:
+            async with store.connection() as conn:
+                await conn.execute("UPDATE sandboxes SET state = 'paused' WHERE id = %s", (sid,))
+            finished.append(sid)
+        return await real_current(store, sid, team_id)
+
+    monkeypatch.setattr(lifecycle, "_current", pause_finishes_first)
+    resumes = stack.agent.resumes
+    response = httpx.get(f"{stack.url}/health", headers=routed(sandbox_id), timeout=30)
+    assert finished == [sandbox_id], "the race was staged"
+    assert response.status_code == 204, response.text
+    assert stack.agent.resumes == resumes + 1
+    assert db_row(stack, sandbox_id)["state"] == "running"
     client.delete(f"/sandboxes/{sandbox_id}")
 
 
