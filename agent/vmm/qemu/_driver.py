@@ -32,6 +32,7 @@ from wrenn.agent.vmm._process import (
     tail,
 )
 from wrenn.agent.vmm.qemu._accel import AcceleratorDetector, AcceleratorReport
+from wrenn.agent.vmm.qemu._chain import backing_chain, chain_contains
 from wrenn.agent.vmm.qemu._cmdline import PIDFILE, QMP_SOCKET, ROOTFS_DEVICE, VMM_LOG, build_argv, host_tsc_khz
 from wrenn.agent.vmm.qemu._memory import build_memory_file, ram_mapping, sync_file
 from wrenn.protocol.agent import Accelerator
@@ -287,7 +288,13 @@ class QemuDriver:
         return await self._launch(config, placement, snapshot=restore)
 
     async def _check_backing(self, config: VMConfig, disk: Path) -> None:
-        """Refuse a rootfs that does not show the snapshot's frozen disk (it would corrupt the guest's fs)."""
+        """Refuse a rootfs that does not show the snapshot's frozen disk (it would corrupt the guest's fs).
+
+        The qcow2 headers are read directly (`backing_chain`); ``qemu-img`` is asked only when they cannot
+        vouch for the disk (an unusual chain, or a chain without it, whose error then comes from qemu-img's view)."""
+        chain = backing_chain(config.rootfs)
+        if chain is not None and chain_contains(chain, disk):
+            return
         proc = await asyncio.create_subprocess_exec(
             self._qemu_img,
             "info",
