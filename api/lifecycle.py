@@ -119,22 +119,27 @@ class PauseResume:
 
     async def pause(self, team_id: uuid.UUID | None, sandbox_id: str, *, memory: bool = True) -> SandboxRecord:
         """running -> paused. Conflict when paused (or on its way); NotFound when not live for this team."""
-        rec = await _transition(
-            self._store,
-            sandbox_id,
-            team_id,
-            SandboxState.RUNNING,
-            SandboxState.PAUSING,
-            pause_memory=memory,
-            transition_at=self._clock(),
-        )
-        if rec is None:
+        for _attempt in range(2):  # a resume finishing between the two reads leaves it running: try again
+            rec = await _transition(
+                self._store,
+                sandbox_id,
+                team_id,
+                SandboxState.RUNNING,
+                SandboxState.PAUSING,
+                pause_memory=memory,
+                transition_at=self._clock(),
+            )
+            if rec is not None:
+                break
             current = await _current(self._store, sandbox_id, team_id)
             if current is not None and current.state in {SandboxState.PAUSED, SandboxState.PAUSING}:
                 raise Conflict(f"sandbox '{sandbox_id}' is already paused")
             if current is not None and current.state is SandboxState.RESUMING:
                 raise Conflict(f"sandbox '{sandbox_id}' is being resumed")
-            raise NotFound(f"sandbox '{sandbox_id}' not found")
+            if current is None or current.state is not SandboxState.RUNNING:
+                raise NotFound(f"sandbox '{sandbox_id}' not found")
+        else:
+            raise Conflict(f"sandbox '{sandbox_id}' is being resumed")
         log = _log.bind(sandbox_id=sandbox_id, host_id=rec.host_id)
         try:
             if self._on_pausing is not None:
