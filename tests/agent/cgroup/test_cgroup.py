@@ -182,3 +182,22 @@ async def test_layout_on_a_stand_in_tree(tmp_path: Path, version: CgroupVersion)
         assert (tmp_path / "memory" / "wrenn" / "sbx" / "memory.limit_in_bytes").read_text() == memory
         assert (tmp_path / "pids" / "wrenn" / "sbx" / "pids.max").read_text() == "99"
     assert await manager.names() == {"sbx"}
+
+
+async def test_adding_a_member_again_writes_nothing(tmp_path: Path) -> None:
+    """`add` is idempotent without a write: a cgroup v1 move costs an RCU grace period even for a task already
+    inside, and the QEMU driver places a VMM twice (its -daemonize parent early, then the daemon)."""
+    for controller in ("cpu", "memory", "pids"):
+        (tmp_path / controller).mkdir()
+        (tmp_path / controller / "cgroup.procs").write_text("")
+    manager = CgroupManager("wrenn", root=tmp_path)
+    group = await manager.create("sbx", Limits(vcpus=1, memory_mb=100, pids_max=99))
+    procs = [path / "cgroup.procs" for path in group.paths]
+    for path in procs:
+        path.write_text("4242\n")
+    before = [os.stat(path).st_mtime_ns for path in procs]
+    await group.add(4242)
+    assert [os.stat(path).st_mtime_ns for path in procs] == before, "no write for a pid already inside"
+    assert [path.read_text() for path in procs] == ["4242\n"] * len(procs)
+    await group.add(4343)
+    assert [path.read_text() for path in procs] == ["4343"] * len(procs), "a new pid is written"

@@ -44,7 +44,9 @@ async def test_start_health_stop(vmm: Harness) -> None:
     config = vmm.config()
     vm = vmm.track(await vmm.driver.start(config, placement=recording_placement(placed)))
     assert state_of(vm) is VMState.RUNNING
-    assert placed == [vm.pid], "placement must be called once, with the VMM's pid"
+    assert placed, "placement must be called"
+    assert placed[-1] == vm.pid, "...last with the VMM's pid (earlier calls may name the process it forks from)"
+    assert len(placed) <= 2, "at most one early call"
     await vmm.wait_envd(config)
     assert state_of(vm) is VMState.RUNNING
     await vm.stop(grace=5)
@@ -134,8 +136,9 @@ async def test_failing_placement_rolls_back(vmm: Harness) -> None:
 
     with pytest.raises(PermissionError, match=r"cgroup\.procs"):  # its own error, not a StartFailed
         await vmm.driver.start(config, placement=placement)
-    assert len(seen) == 1
-    assert_nothing_left(config.run_dir, seen[0])
+    assert 1 <= len(seen) <= 2, "placed (QEMU also places its -daemonize parent early), then rolled back"
+    for pid in seen:
+        assert_nothing_left(config.run_dir, pid)
 
 
 async def test_concurrent_starts(vmm: Harness) -> None:
@@ -216,6 +219,29 @@ async def test_restore_refuses_a_disk_that_is_not_the_snapshots(vmm: Harness) ->
     with pytest.raises(StartFailed, match="not backed by the snapshot's disk"):
         await vmm.driver.restore(stranger, info.directory)
     assert_nothing_left(stranger.run_dir)
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+async def test_restore_from_a_damaged_state_stream_fails_cleanly(vmm: Harness, damage: str) -> None:
+    """The state stream is read by QEMU itself (handed over as an fd): a missing file or a stream cut short is a
+    `StartFailed`, with no VMM, socket or pidfile left."""
+    if vmm.name != "qemu":
+        pytest.skip("the state stream and its transport are QEMU's")
+    source = vmm.config()
+    vm = vmm.track(await vmm.driver.start(source))
+    info = await vm.save_snapshot(source.run_dir / "snapshot")
+    await vm.stop(grace=5)
+    state = info.directory / "state"
+    if damage == "missing":
+        state.unlink()
+    else:
+        with state.open("r+b") as f:
+            f.truncate(state.stat().st_size // 2)
+    assert info.disk is not None
+    clone = vmm.config(backing=info.disk)
+    with pytest.raises(StartFailed):
+        await vmm.driver.restore(clone, info.directory)
+    assert_nothing_left(clone.run_dir)
 
 
 def _ram_mapping_mode(pid: int, memory_file: Path) -> str:
