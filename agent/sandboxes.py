@@ -7,8 +7,10 @@ Create, step by step (`wrenn.agent.state.Step`; each step is persisted *before* 
              veth, TAP   overlay            snapshot, or cold boot     token, clock
 
 The network may come ready-made from the `NetworkPool` (a slot prepared in the background, egress denied; the create
-only applies the sandbox's egress to it). Writes of the record: one before network, disk and cgroup (begun together),
-one before the VMM starts, one when RUNNING. On a restore, envd's ``/init`` doubles as the readiness probe.
+only applies the sandbox's egress to it). Writes of the record: one before network, disk, cgroup and VM (all begun
+together: each undo is idempotent and finds nothing when its step never ran), one when RUNNING. The cgroup is made
+while the VMM spawns (its placement waits for it: nothing of the guest runs before the VMM is inside). On a restore,
+envd's ``/init`` doubles as the readiness probe.
 
 A failure (or cancellation) at any step undoes the steps begun, in reverse, shielded and bounded; the error
 propagates. Destroy is the same undo. States (`SandboxState`)::
@@ -45,7 +47,7 @@ from wrenn.agent.pause import SNAPSHOT_DIR, PauseKeeper
 from wrenn.agent.snapshots import KEY_PREFIX, SnapshotMeta, SnapshotStore, new_meta
 from wrenn.agent.state import SandboxRecord, StateStore, Step
 from wrenn.agent.templates import WarmSnapshot, WarmTemplates
-from wrenn.agent.vmm import EXITED_STATES, VM, DiskFormat, VMConfig, VMDriver, VMMError
+from wrenn.agent.vmm import EXITED_STATES, VM, DiskFormat, Placement, VMConfig, VMDriver, VMMError
 from wrenn.protocol.agent import Accelerator, CreateSandbox, HostInfo, SandboxInfo, SandboxState, SnapshotInfo
 from wrenn.protocol.errors import Conflict, Exhausted, NotFound, Unavailable, WrennError
 
@@ -289,29 +291,68 @@ class SandboxManager:
             record.template_key = warm.key
             record.restored = True
         # Nothing exists on the host for this sandbox yet (but a prepared network, recorded in `create`). Network,
-        # disk and cgroup do not depend on each other: all three are recorded as begun in the sandbox's first write
-        # (with its slot) and set up concurrently (each undo is idempotent, so a crash or failure in any of them is
-        # undone alike).
-        await self._begin(record, *(s for s in (Step.NETWORK, Step.DISK, Step.CGROUP) if not record.begun(s)))
+        # disk, cgroup and VM are recorded as begun in the sandbox's first write (with its slot): every undo is
+        # idempotent and finds nothing when its step never ran, so a crash or failure anywhere is undone alike.
+        # Network and disk are set up concurrently; the cgroup beside them and on into the VMM's spawn (the
+        # driver's placement waits for it), so the VMM does not wait for it.
+        await self._begin(record, *(s for s in (Step.NETWORK, Step.DISK, Step.CGROUP, Step.VM) if not record.begun(s)))
+        cgroup = asyncio.ensure_future(
+            self._resources.create_cgroup(record.sandbox_id, request.vcpus, request.memory_mb)
+        )
+        try:
+            await self._start_vm(sandbox, image, warm, cgroup, disk=disk, run_dir=run_dir, prepared=prepared)
+        finally:
+            await asyncio.wait([cgroup])  # never leave it half-made under the undo
+            if not cgroup.cancelled():
+                cgroup.exception()  # retrieved: when it failed, the placement raised it already
+        if warm is None:  # a boot: envd comes up some time after the VMM, /health says when
+            await self._envd.wait_ready(record.envd_address or "", self._limits.ready_cold)
+
+        # INIT makes no host state, so it is not written on its own: the RUNNING write right after records it.
+        # On a restore the guest's envd was listening when the snapshot was taken: /init is the readiness probe.
+        record.steps.append(Step.INIT)
+        await self._envd.init(
+            record.envd_address or "",
+            env_vars=request.env_vars,
+            access_token=request.envd_access_token,
+            current_token=self._snapshots.guest_token(warm.key) if warm is not None else None,
+            ready_limit=self._limits.ready_restore if warm is not None else None,
+        )
+
+    async def _start_vm(
+        self,
+        sandbox: _Sandbox,
+        image: AgentImage,
+        warm: WarmSnapshot | None,
+        cgroup: asyncio.Future[Placement],
+        *,
+        disk: Path,
+        run_dir: Path,
+        prepared: bool,
+    ) -> None:
+        """Network and disk (concurrently), then the VMM, placed into the cgroup `cgroup` is making."""
+        record = sandbox.record
+        request = record.request
+        assert record.slot is not None
         base, base_format = (warm.disk, "qcow2") if warm is not None else (image.rootfs, image.rootfs_format)
         take_network = self._resources.take_network if prepared else self._resources.acquire_network
-        lease, made_disk, placement = await asyncio.gather(
+        lease, made_disk, made_dir = await asyncio.gather(
             take_network(record.sandbox_id, record.slot, allow_internet=request.allow_internet),
             self._resources.create_disk(base, base_format, disk, request.disk_mb),
-            self._resources.create_cgroup(record.sandbox_id, request.vcpus, request.memory_mb),
-            return_exceptions=True,  # let all three finish, so the undo never races a half-made resource
+            asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True),
+            return_exceptions=True,  # let all finish, so the undo never races a half-made resource
         )
-        if isinstance(lease, BaseException):
-            raise lease
-        if isinstance(made_disk, BaseException):
-            raise made_disk
-        if isinstance(placement, BaseException):
-            raise placement
+        for outcome in (lease, made_disk, made_dir):
+            if isinstance(outcome, BaseException):
+                raise outcome
+        assert not isinstance(lease, BaseException)
         record.netns = lease.netns
         record.envd_address = lease.envd_address
 
-        await self._begin(record, Step.VM)
-        await asyncio.to_thread(run_dir.mkdir, parents=True, exist_ok=True)
+        async def placement(pid: int) -> None:
+            place = await asyncio.shield(cgroup)  # its error, if it failed, is the placement's
+            await place(pid)
+
         config = VMConfig(
             vm_id=record.sandbox_id,
             kernel=image.kernel,
@@ -329,19 +370,6 @@ class SandboxManager:
         else:
             sandbox.vm = await self._driver.start(config, placement)
         self._accelerator = self._accelerator or await self._driver.accelerator()
-        if warm is None:  # a boot: envd comes up some time after the VMM, /health says when
-            await self._envd.wait_ready(lease.envd_address, self._limits.ready_cold)
-
-        # INIT makes no host state, so it is not written on its own: the RUNNING write right after records it.
-        # On a restore the guest's envd was listening when the snapshot was taken: /init is the readiness probe.
-        record.steps.append(Step.INIT)
-        await self._envd.init(
-            lease.envd_address,
-            env_vars=request.env_vars,
-            access_token=request.envd_access_token,
-            current_token=self._snapshots.guest_token(warm.key) if warm is not None else None,
-            ready_limit=self._limits.ready_restore if warm is not None else None,
-        )
 
     async def _begin(self, record: SandboxRecord, *steps: Step) -> None:
         record.steps.extend(steps)

@@ -5,6 +5,8 @@ same image to the same readiness, measured in the same run (interleaved), like w
   over QMP, envd ``/health``, envd ``/init``) vs a hand-written ``qemu -incoming exec:cat state`` of the same
   snapshot in an already prepared namespace and overlay (network and disk setup are *not* timed for bare QEMU:
   they are the agent's overhead being measured);
+* restore, same readiness: the bare restore followed by the ``POST /init`` a restored guest needs (the clock, env
+  vars) instead of ``GET /health``, so both sides end with the same guest state;
 * boot: `create` with warm templates off (cold boot) vs the same hand-written command line booting the image
   (no ``-incoming``), in a prepared namespace too;
 
@@ -32,6 +34,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -73,6 +76,8 @@ async def bare_launch(
     n: int,
     warm: WarmSnapshot | None,
     steps: _Steps | None = None,
+    *,
+    init: bool = False,
 ) -> float:
     """Launch the image with a hand-written QEMU command line in a prepared namespace and overlay (their setup is
     not timed) — restoring `warm`, or booting when it is None — and time spawn -> envd /health 204."""
@@ -133,11 +138,15 @@ async def bare_launch(
             if warm is not None:
                 await _bare_incoming(qmp, warm.directory / "state", devices_only=devices_only)
             running = time.monotonic()
-            await _wait_health(health_client, lease.envd_address)
+            if init:
+                await _post_init(health_client, lease.envd_address)
+            else:
+                await _wait_health(health_client, lease.envd_address)
             done = time.monotonic()
             if steps is not None and warm is not None:
-                steps.times.setdefault("bare: spawn -> cont", []).append(running - started)
-                steps.times.setdefault("bare: cont -> envd /health 204", []).append(done - running)
+                probe = "envd /init 204" if init else "envd /health 204"
+                steps.times.setdefault(f"bare{' + /init' if init else ''}: spawn -> cont", []).append(running - started)
+                steps.times.setdefault(f"bare{' + /init' if init else ''}: cont -> {probe}", []).append(done - running)
             return done - started
         finally:
             await health_client.aclose()
@@ -163,6 +172,22 @@ async def _wait_health(client: httpx.AsyncClient, address: str) -> None:
                 if response.status_code == 204:
                     return
             await asyncio.sleep(0.05)
+
+
+async def _post_init(client: httpx.AsyncClient, address: str) -> None:
+    """The readiness a sandbox needs after a restore, done by hand: ``POST /init`` with the clock (the snapshot's
+    guest wakes up in the past) and the env vars, retried while the guest does not accept yet."""
+    body = {"envVars": {}, "timestamp": datetime.now(UTC).isoformat()}
+    async with asyncio.timeout(LIMIT):
+        while True:
+            try:
+                response = await client.post(f"http://{address}/init", json=body, headers={"Connection": "close"})
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                await asyncio.sleep(0.05)
+                continue
+            if response.status_code == 204:
+                return
+            raise RuntimeError(f"bare /init answered {response.status_code}")
 
 
 async def _bare_incoming(qmp: QMPClient, state: Path, *, devices_only: bool) -> None:
@@ -252,6 +277,7 @@ async def main_async(count: int, cold_count: int, parallel: int, breakdown: bool
     cold_settings = cold_settings.model_copy(update={"images_file": images_file(image, work / "cold")})
     wrenn_restore: list[float] = []
     bare: list[float] = []
+    bare_init: list[float] = []
     wrenn_cold: list[float] = []
     bare_cold: list[float] = []
     try:
@@ -268,6 +294,10 @@ async def main_async(count: int, cold_count: int, parallel: int, breakdown: bool
                 wrenn_restore.append(await wrenn_create(manager, _sid("r", n), steps))
                 await pool.settled()
                 bare.append(await bare_launch(manager.resources, image, accel, work, n, warm, steps))
+                await pool.settled()
+                bare_init.append(
+                    await bare_launch(manager.resources, image, accel, work, 50 + n, warm, steps, init=True)
+                )
             await pool.settled()
 
             ids = [_sid("p", n) for n in range(parallel)]
@@ -303,11 +333,15 @@ async def main_async(count: int, cold_count: int, parallel: int, breakdown: bool
     print("|---|---|---|---|---|---|")
     print(_row(f"Wrenn agent, restore from warm snapshot ({accel.value})", wrenn_restore, "ms"))
     print(_row(f"bare QEMU, restore of the same snapshot ({accel.value})", bare, "ms"))
+    print(_row(f"bare QEMU, restore + the same POST /init ({accel.value})", bare_init, "ms"))
     print(_row(f"Wrenn agent, cold boot ({accel.value})", wrenn_cold, "ms"))
     print(_row(f"bare QEMU, cold boot ({accel.value})", bare_cold, "ms"))
     if bare and wrenn_restore:
         over = statistics.median(wrenn_restore) / statistics.median(bare) - 1
         print(f"\nrestore overhead over bare QEMU (p50): {over * 100:+.0f} %")
+    if bare_init and wrenn_restore:
+        over = statistics.median(wrenn_restore) / statistics.median(bare_init) - 1
+        print(f"restore overhead over bare QEMU doing the same /init (p50): {over * 100:+.0f} %")
     if bare_cold and wrenn_cold:
         over = statistics.median(wrenn_cold) / statistics.median(bare_cold) - 1
         print(f"boot overhead over bare QEMU (p50): {over * 100:+.0f} %")
