@@ -31,6 +31,7 @@ import structlog
 
 from wrenn.agent._resources import HostResources
 from wrenn.agent._slots import SlotAllocator
+from wrenn.agent._tasks import cancel_and_wait
 from wrenn.protocol.errors import WrennError
 
 _log = structlog.get_logger(__name__)
@@ -91,9 +92,7 @@ class NetworkPool:
         """Cancel the refill task (a slot it was preparing is undone) and tear down the prepared slots."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         while self._ready:
             slot = self._ready.popleft()
             try:

@@ -16,7 +16,6 @@ when the control plane runs a CA it answers with the host certificate, and key, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from collections.abc import Awaitable, Callable
@@ -27,6 +26,7 @@ import httpx
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from wrenn.agent._tasks import cancel_and_wait
 from wrenn.protocol.agent import HostInfo
 from wrenn.protocol.errors import Unauthenticated, Unavailable, WrennError, error_for_status
 from wrenn.protocol.hosts import HostCertificate, HostCrl, RegisteredHost, RegisterHost, RenewHostCertificate
@@ -121,9 +121,7 @@ class Registration:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self._client.aclose()
 

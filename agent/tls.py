@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Self
 import structlog
 from cryptography import x509
 
+from wrenn.agent._tasks import cancel_and_wait
 from wrenn.provision.ca import (
     CertificateRenewer,
     IssuedCertificate,
@@ -221,9 +222,7 @@ class HostCertificateKeeper:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self.renewer.aclose()
 

@@ -26,6 +26,7 @@ from typing import Self
 
 import structlog
 
+from wrenn.api._tasks import cancel_and_wait
 from wrenn.api.clock import Clock
 from wrenn.api.hosts import HostDirectory, HostService, HostState, set_state
 from wrenn.api.sandboxes import SandboxService, SandboxState
@@ -162,9 +163,7 @@ class Reconciler:
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     async def _loop(self) -> None:
         while True:

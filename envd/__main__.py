@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -13,6 +12,7 @@ from collections.abc import Sequence
 
 from ._app import create_server
 from ._state import Settings
+from ._tasks import cancel_and_wait
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,9 +63,7 @@ async def _run(settings: Settings) -> None:
             loop.add_signal_handler(sig, stop.set)
         serve = asyncio.ensure_future(envd.serve_forever())
         await stop.wait()
-        serve.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serve
+        await cancel_and_wait(serve)
 
 
 def _write_port(path: str, port: int) -> None:

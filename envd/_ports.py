@@ -21,6 +21,8 @@ import socket
 from collections.abc import Callable
 from pathlib import Path
 
+from ._tasks import cancel_and_wait
+
 _log = logging.getLogger("envd.ports")
 
 _LISTEN = "0A"
@@ -122,9 +124,7 @@ class LocalhostForwarder:
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         for port in list(self._servers):
             await self._stop(port)
         for pipe in list(self._pipes):

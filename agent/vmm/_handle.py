@@ -4,12 +4,12 @@ idempotent waits, detaching. Drivers add their control channel (QMP, Firecracker
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 from typing import Self
 
 import structlog
 
+from wrenn.agent._tasks import cancel_and_wait
 from wrenn.agent.vmm._config import VMConfig
 from wrenn.agent.vmm._errors import VMStateError
 from wrenn.agent.vmm._interface import EXITED_STATES, VMState
@@ -93,9 +93,7 @@ class ProcessHandle:
         further calls (`VMStateError`), `adopt` makes a new one."""
         self._detached = True
         if not self._watch.done():
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await cancel_and_wait(self._watch)
         await self._close_channel()
 
     async def __aenter__(self) -> Self:

@@ -18,6 +18,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from wrenn.agent._tasks import cancel_and_wait
 from wrenn.agent.vmm._config import DiskFormat, SnapshotInfo, UserNetwork, VMConfig
 from wrenn.agent.vmm._errors import AdoptFailed, ControlError, SnapshotError, StartFailed, VMStateError
 from wrenn.agent.vmm._handle import ProcessHandle
@@ -197,9 +198,7 @@ class FakeDriver:
                         return await _Control.connect(config.run_dir / CONTROL_SOCKET)
                     await asyncio.sleep(0.005)
         finally:
-            exited.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await exited
+            await cancel_and_wait(exited)
         raise StartFailed(config.vm_id, "fake VMM exited during start")
 
     async def _rollback(self, config: VMConfig, pid: int | None, control: _Control | None) -> None:

@@ -13,6 +13,7 @@ from typing import Self
 import psycopg
 import structlog
 
+from wrenn.api._tasks import cancel_and_wait
 from wrenn.api.jobs._queue import CHANNEL, Job, JobQueue
 from wrenn.api.store import psycopg_url
 
@@ -70,11 +71,7 @@ class JobWorkers:
 
     async def aclose(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*tasks)
 
     async def run_once(self, worker: str | None = None) -> Job | None:
         """Claim and run at most one job; returns it (or None when nothing was due)."""
@@ -141,9 +138,7 @@ class JobWorkers:
         else:
             await self._queue.complete(job)
         finally:
-            keeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await keeper
+            await cancel_and_wait(keeper)
 
     async def _keep_lease(self, job: Job) -> None:
         interval = max(self._queue.lease.total_seconds() / 3, 0.05)

@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl
 
 import httpx
 
+from wrenn.api._tasks import cancel_and_wait
 from wrenn.api.proxy._routing import ENVD_PORT, BadRoute, RouteKey, route_for
 from wrenn.api.proxy._websocket import relay_websocket
 
@@ -491,11 +492,7 @@ class SandboxProxy:
         try:
             await asyncio.wait([pump_task, *stop_tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (pump_task, *stop_tasks):
-                task.cancel()
-            for task in (pump_task, *stop_tasks):
-                with contextlib.suppress(asyncio.CancelledError, httpx.TransportError):
-                    await task
+            await cancel_and_wait(pump_task, *stop_tasks, ignore=(httpx.TransportError,))
         if not pump_task.cancelled() and pump_task.exception() is None:
             return
         # Cut, client gone or upstream broke mid-stream: returning without completing the response makes the
@@ -509,9 +506,7 @@ async def _race(awaitable: Awaitable[httpx.Response], cut: asyncio.Event) -> htt
     try:
         await asyncio.wait([main, stopper], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        stopper.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await stopper
+        await cancel_and_wait(stopper)
     if main.done():
         return main.result()
     main.cancel()

@@ -15,6 +15,8 @@ from typing import Any
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from wrenn.api._tasks import cancel_and_wait
+
 Message = MutableMapping[str, Any]
 
 # Headers the websockets client sets itself, or that describe the client's hop only.
@@ -122,11 +124,7 @@ async def _pump(
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed, OSError):
-                await task
+        await cancel_and_wait(*tasks, ignore=(ConnectionClosed, OSError))
     if client_closed:
         return
     code = GOING_AWAY if cut.is_set() else (upstream.close_code or 1000)

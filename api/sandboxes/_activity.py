@@ -25,6 +25,7 @@ from datetime import datetime
 
 import structlog
 
+from wrenn.api._tasks import cancel_and_wait
 from wrenn.api.clock import Clock
 
 _log = structlog.get_logger("wrenn.api.sandboxes.activity")
@@ -90,9 +91,7 @@ class ActivityTracker:
     async def aclose(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 await self.flush()

@@ -21,6 +21,7 @@ from typing import Self
 
 from cryptography import x509
 
+from wrenn.provision._tasks import cancel_and_wait
 from wrenn.provision.ca._authority import Clock, IssuedCertificate, needs_renewal
 
 __all__ = ["CertificateRenewer"]
@@ -133,7 +134,5 @@ class CertificateRenewer:
     async def aclose(self) -> None:
         if self._task is None:
             return
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         self._task = None

@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from wrenn.agent._tasks import cancel_and_wait
 from wrenn.agent.vmm._config import DiskFormat, SnapshotInfo, TapNetwork, VMConfig
 from wrenn.agent.vmm._errors import (
     AdoptFailed,
@@ -259,9 +260,7 @@ class FirecrackerDriver:
                             return
                     await asyncio.sleep(0.005)
         finally:
-            exited.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await exited
+            await cancel_and_wait(exited)
 
     async def _rollback(self, config: VMConfig, pid: int | None, api: FirecrackerAPI) -> None:
         if pid is not None:
