@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import falcon.asgi
+import structlog
 
+from wrenn.api._tasks import cancel_and_wait
 from wrenn.api.deps import Deps
 from wrenn.api.hosts._client import AgentClient, AgentTls
 from wrenn.api.hosts._directory import HostDirectory
@@ -26,6 +28,8 @@ from wrenn.provision.ca import (
     ReloadingClientContext,
     TLSFiles,
 )
+
+_log = structlog.get_logger(__name__)
 
 __all__ = [
     "AgentClient",
@@ -69,8 +73,14 @@ def register(app: falcon.asgi.App[Any, Any], deps: Deps) -> None:
         CA issues (renewed in the background, reloaded in place)."""
         ca = await asyncio.to_thread(CertificateAuthority.load, ca_dir)
         service.use_ca(ca)
+        # The agents' certificates are checked against the CA's CRL too: a revoked host is refused by the next
+        # connection (the context follows the CRL file, see ReloadingClientContext.current).
+        await service.refresh_crl(ca)
         files = TLSFiles(
-            ca.ca_file, deps.settings.data_dir / "api-client.pem", deps.settings.data_dir / "api-client.key"
+            ca.ca_file,
+            deps.settings.data_dir / "api-client.pem",
+            deps.settings.data_dir / "api-client.key",
+            ca.crl_file,
         )
         files.cert_file.parent.mkdir(parents=True, exist_ok=True)
         if not await asyncio.to_thread(_issued_by, ca, files.cert_file):
@@ -86,9 +96,29 @@ def register(app: falcon.asgi.App[Any, Any], deps: Deps) -> None:
         deps.on_shutdown(renewer.aclose)
         context = ReloadingClientContext(files)
         renewer.on_renewed = lambda _cert: context.reload()
-        directory.use_ssl_context(context.context)
+        directory.use_ssl_context(context.current)
+        refresher = asyncio.create_task(_keep_crl_fresh(service, ca), name="crl-refresh")
+
+        async def stop_refresher() -> None:
+            await cancel_and_wait(refresher)
+
+        deps.on_shutdown(stop_refresher)
 
     deps.on_startup(start_mutual_tls)
+
+
+async def _keep_crl_fresh(service: HostService, ca: CertificateAuthority) -> None:
+    """Re-sign the CRL before it lapses even when no agent asks for it: the API checks agents against it, and an
+    expired CRL would make every agent call fail verification."""
+    while True:
+        await asyncio.sleep(CRL_CHECK_INTERVAL_S)
+        try:
+            await service.refresh_crl(ca)
+        except Exception:  # noqa: BLE001 - logged, tried again next interval
+            _log.warning("refreshing the CRL failed", exc_info=True)
+
+
+CRL_CHECK_INTERVAL_S = 3600.0
 
 
 def _issued_by(ca: CertificateAuthority, cert_file: Path) -> bool:

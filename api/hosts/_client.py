@@ -54,6 +54,8 @@ class AgentClient:
             verify = ssl_context
         elif tls is not None:
             verify = tls.context()
+        self.ssl_context = ssl_context
+        """The context given (None when the client made its own or uses none)."""
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             transport=transport,
@@ -123,7 +125,7 @@ class AgentClient:
                 method, path, json=json, timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT
             )
         except httpx.TransportError as exc:
-            raise Unavailable(f"host agent {self.base_url} is not reachable") from exc
+            raise Unavailable(f"host agent {self.base_url} is not reachable: {exc or type(exc).__name__}") from exc
         if response.status_code >= 400:
             raise _agent_error(response)
         if response.status_code == 204 or not response.content:

@@ -103,10 +103,15 @@ class HostService:
             raise Conflict("this control plane runs no internal CA (plain HTTP to the agents)")
         return host, self._ca
 
-    async def _crl_pem(self, ca: CertificateAuthority) -> str:
+    async def refresh_crl(self, ca: CertificateAuthority) -> None:
+        """Re-sign the CRL when half its lifetime is gone (one CA file operation at a time)."""
         async with self._ca_lock:
             if await asyncio.to_thread(ca.refresh_crl_if_due):
                 _log.info("certificate revocation list re-signed")
+
+    async def _crl_pem(self, ca: CertificateAuthority) -> str:
+        await self.refresh_crl(ca)
+        async with self._ca_lock:
             return await asyncio.to_thread(lambda: ca.crl_pem)
 
     async def renew_certificate(self, host_id: str, secret: str, body: RenewHostCertificate) -> HostCertificate:

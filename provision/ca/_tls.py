@@ -119,12 +119,37 @@ class ReloadingServerContext:
 
 
 class ReloadingClientContext:
-    """One live client context whose certificate is replaced in place by `reload`."""
+    """A client context that follows its files: `current` is rebuilt whenever one changed.
+
+    ``context`` is the live context; `reload` loads a renewed certificate into it in place (connections opened
+    afterwards present it). A CRL cannot be swapped in place (OpenSSL keeps every CRL it was given), so with a
+    ``crl_file`` the caller asks `current` for the context to open connections with: a re-signed CRL (a revoked
+    agent certificate, the periodic refresh) gives a fresh context, which the caller's new connections use."""
 
     def __init__(self, files: TLSFiles) -> None:
         self.files = files
+        self._lock = threading.Lock()
+        self._signature = _signature(files.paths())
         self.context = client_context(files)
+        self.rebuilds = 0
+
+    def current(self) -> ssl.SSLContext:
+        """The context to open connections with: the live one, or a new one when any file changed since.
+
+        A rebuild that fails (files between two writes of a renewal) keeps the previous context; the next call
+        tries again."""
+        with self._lock:
+            try:
+                signature = _signature(self.files.paths())
+                if signature != self._signature:
+                    self.context = client_context(self.files)
+                    self._signature = signature
+                    self.rebuilds += 1
+            except (OSError, ssl.SSLError) as exc:
+                _log.warning("TLS files unusable; connecting with the previous certificate and CRL: %s", exc)
+            return self.context
 
     def reload(self) -> None:
         """Load the certificate and key from the files again; connections opened from now on present them."""
-        self.context.load_cert_chain(self.files.cert_file, self.files.key_file)
+        with self._lock:
+            self.context.load_cert_chain(self.files.cert_file, self.files.key_file)

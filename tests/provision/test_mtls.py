@@ -157,6 +157,27 @@ async def test_client_refuses_a_server_from_a_foreign_ca(ephemeral_ca: Ephemeral
         assert isinstance(reply.error, ssl.SSLCertVerificationError)
 
 
+async def test_client_refuses_a_revoked_server_without_restart(ephemeral_ca: EphemeralCA) -> None:
+    """The API side checks the agent's certificate against the CRL too; its reloading context follows the CRL file,
+    so a revocation reaches the next connection opened with `current()`."""
+    host = ephemeral_ca.host_files("agent")
+    client_files = ephemeral_ca.client_files("api")
+    client_files = TLSFiles(
+        client_files.ca_file, client_files.cert_file, client_files.key_file, ephemeral_ca.ca.crl_file
+    )
+    tls = ReloadingClientContext(client_files)
+    async with _mtls_server(ReloadingServerContext(host)) as server:
+        assert (await _connect(server.port, tls.current())).error is None
+        first = tls.current()
+        assert tls.current() is first, "unchanged files: the same context"
+        ephemeral_ca.ca.revoke(_serial(host.cert_file))
+        refused = await _connect(server.port, tls.current())
+        assert tls.current() is not first
+        assert tls.rebuilds == 1
+        assert isinstance(refused.error, ssl.SSLCertVerificationError)
+        assert "revoked" in refused.error.verify_message
+
+
 async def test_server_certificate_rotates_without_restart(ephemeral_ca: EphemeralCA) -> None:
     files = ephemeral_ca.host_files("agent")
     server_tls = ReloadingServerContext(files)

@@ -40,6 +40,7 @@ from wrenn.api.hosts import HostService, directory_of
 from wrenn.api.hosts._records import get_host
 from wrenn.api.sandboxes import create_public_app
 from wrenn.api.settings import Settings
+from wrenn.protocol.errors import Unavailable
 from wrenn.provision.ca import CertificateAuthority, IssuedCertificate
 
 pytestmark = [pytest.mark.root, pytest.mark.postgres, pytest.mark.slow]
@@ -295,3 +296,13 @@ async def test_mutual_tls_between_the_control_plane_and_a_real_agent(
     assert agent.proc.poll() is None, "the agent restarted"
     assert not control_plane.task.done(), "the control plane stopped"
     assert "certificate renewed" in agent.logs()
+
+    # The other direction: the control plane checks the agent's certificate against the same CRL. Once the
+    # operator revokes the host certificate the agent serves, the control plane's next client refuses the agent
+    # (no restart: its TLS context follows the CRL file) and an existing client's connections are not reused.
+    ca.revoke(_serial_of(host_pem))
+    refusing = await directory_of(deps).client(host_id)
+    assert refusing is not client, "a new CRL gives new clients"
+    with pytest.raises(Unavailable, match="revoked"):
+        await refusing.health()
+    assert agent.proc.poll() is None
