@@ -1,4 +1,5 @@
-"""The agent's side of envd: readiness (``GET /health`` 204) and ``POST /init`` (env vars, access token, clock).
+"""The agent's side of envd: readiness (``GET /health`` 204), ``POST /init`` (env vars, access token, clock) and
+``POST /sync`` (the guest's dirty pages to its disk, before a pause that keeps only the disk).
 
 envd is reached over the sandbox's own network at its host-reachable address. ``/init`` matters after a restore
 from a warm snapshot: the guest's clock stopped when the snapshot was taken and its env/token are the template's.
@@ -103,3 +104,20 @@ class EnvdClient:
                 if failures >= INIT_ATTEMPTS:
                     raise Unavailable(f"envd at {address}: POST /init failed: {exc!r}") from exc
                 await asyncio.sleep(0.05 * failures)
+
+    async def sync(self, address: str, *, access_token: str | None, limit: float) -> bool:
+        """``POST /sync``: True once the guest flushed its page cache to disk; False (logged) when it could not be
+        asked — an envd without the route, an error, no answer within `limit` s — and the caller goes on as after
+        a power cut."""
+        headers = {"Connection": "close"}
+        if access_token:
+            headers["X-Access-Token"] = access_token
+        try:
+            response = await self._client.post(f"http://{address}/sync", headers=headers, timeout=limit)
+        except httpx.HTTPError as exc:
+            _log.warning("envd did not sync the guest's disk", address=address, error=repr(exc))
+            return False
+        if response.status_code != 204:
+            _log.warning("envd did not sync the guest's disk", address=address, status=response.status_code)
+            return False
+        return True

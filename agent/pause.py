@@ -14,9 +14,10 @@ Pause (the sandbox's lock held by the manager)::
       cold-booted sandbox (anonymous RAM) still streams its whole RAM into the state file. The frozen disk is the
       sandbox's own overlay (`SandboxRecord.disk`); the empty layer QEMU put on top of it is removed once the VMM
       is gone, so the disk chain never grows across cycles.
-    * ``memory=False`` keeps only the file system: the state file is dropped and resume boots the image fresh on
-      the saved disk (crash-consistent, like a power cut; ext4's journal repairs it); the sandbox's own memory
-      file goes too.
+    * ``memory=False`` keeps only the file system: no snapshot is taken — envd flushes the guest's page cache to
+      its disk (``POST /sync``), the vCPUs stop, the VMM quits (QEMU flushes and closes the disk layer), and resume
+      boots the image fresh on the sandbox's own disk; what the guest wrote after the sync is lost as in a power
+      cut (ext4's journal keeps the file system consistent). The sandbox's own memory file goes too.
 
 Resume::
 
@@ -26,6 +27,7 @@ Resume::
 Crash safety (`PauseKeeper.recover`, called by the manager's restart recovery before it adopts or undoes):
 
     record RUNNING,  SAVING    VMM alive: resumed where it was (``cont``), pause dropped; VMM gone: FAILED, files kept
+                               (a ``memory=False`` pause: PAUSED on its disk, which is all such a pause keeps)
     record RUNNING,  SAVED     the snapshot is complete: any VMM is ended, record PAUSED
     record PAUSED,   SAVED     kept PAUSED (a stray VMM of its run dir is ended)
     record PAUSED,   RESUMING  VMM alive: adopted, RUNNING; gone: FAILED with files kept (the guest may have written
@@ -63,6 +65,8 @@ PAUSE_DIR = "pause"
 PAUSE_FILE = "pause.json"
 SNAPSHOT_DIR = "snapshot"
 STATE_FILE = "state"
+SYNC_LIMIT_S = 30.0
+"""How long a disk-only pause waits for the guest to flush its page cache (then it pauses anyway)."""
 
 
 class PausePhase(enum.StrEnum):
@@ -147,6 +151,9 @@ class PauseKeeper:
         directory = self.directory(sandbox_id)
         await asyncio.to_thread(shutil.rmtree, directory, ignore_errors=True)
         await asyncio.to_thread(self._write, sandbox_id, PauseRecord(phase=PausePhase.SAVING, memory=memory))
+        if not memory:
+            await self._pause_disk_only(held, vm, log, started)
+            return
         try:
             info = await vm.save_snapshot(directory / SNAPSHOT_DIR)
         except BaseException as exc:
@@ -159,8 +166,6 @@ class PauseKeeper:
                 raise
             raise Unavailable(f"sandbox {sandbox_id}: pause failed: {exc}") from exc
         top = vm.config.rootfs  # the layer QEMU put on top of the frozen disk; the guest never wrote to it
-        if not memory:
-            await asyncio.to_thread((directory / SNAPSHOT_DIR / STATE_FILE).unlink, missing_ok=True)
         pause = PauseRecord(phase=PausePhase.SAVED, memory=memory, disk=info.disk, paused_at=datetime.now(UTC))
         await asyncio.to_thread(self._write, sandbox_id, pause)
         record.state = SandboxState.PAUSED
@@ -172,8 +177,6 @@ class PauseKeeper:
         await vm.aclose()
         if info.disk is not None and top != info.disk and top.parent == record.run_dir:
             await asyncio.to_thread(top.unlink, missing_ok=True)
-        if not memory and info.memory_file is not None and info.memory_file.parent == record.run_dir:
-            await asyncio.to_thread(info.memory_file.unlink, missing_ok=True)  # resume boots: RAM starts empty
         if info.disk is not None and record.disk is not None and info.disk.is_relative_to(directory):
             # A driver that froze the disk as a copy (Firecracker, the fake): with the VMM gone the copy becomes
             # the sandbox's disk again, so the pause directory can go after a resume and the chain stays flat.
@@ -182,6 +185,50 @@ class PauseKeeper:
         pause.seconds = round(asyncio.get_running_loop().time() - started, 3)
         await asyncio.to_thread(self._write, sandbox_id, pause)
         log.info("sandbox paused", seconds=pause.seconds)
+
+    async def _pause_disk_only(self, held: Held, vm: VM, log: Any, started: float) -> None:
+        """``memory=False``: nothing of the guest's RAM is saved, so nothing is snapshotted. The vCPUs stop (no guest
+        write after that), the VMM quits — QEMU flushes and closes the disk layer on ``quit``; one that ignores it
+        is killed after the grace, a power cut the guest's journal repairs — and the sandbox's own disk is what
+        resume boots on."""
+        record = held.record
+        if record.envd_address is not None:
+            # The guest's page cache is lost with its RAM: whatever was written reaches the disk first.
+            await self._envd.sync(
+                record.envd_address, access_token=record.request.envd_access_token, limit=SYNC_LIMIT_S
+            )
+        try:
+            await vm.pause()
+        except BaseException as exc:
+            log.warning("pause failed; the sandbox keeps running", error=repr(exc))
+            with contextlib.suppress(VMMError):
+                if vm.state is VMState.PAUSED:
+                    await asyncio.shield(vm.resume())
+            await asyncio.to_thread(shutil.rmtree, self.directory(record.sandbox_id), ignore_errors=True)
+            if isinstance(exc, WrennError) or not isinstance(exc, Exception):
+                raise
+            raise Unavailable(f"sandbox {record.sandbox_id}: pause failed: {exc}") from exc
+        # From here the sandbox is paused whatever happens (a restart finds SAVING with the VMM gone: paused too).
+        held.vm = None
+        with contextlib.suppress(VMMError):
+            await asyncio.shield(vm.stop(grace=self._stop_grace))
+        await vm.aclose()
+        await self._settle_disk_only(record, vm.config.memory_file)
+        pause = self.load(record.sandbox_id)
+        assert pause is not None
+        pause.seconds = round(asyncio.get_running_loop().time() - started, 3)
+        await asyncio.to_thread(self._write, record.sandbox_id, pause)
+        log.info("sandbox paused", seconds=pause.seconds)
+
+    async def _settle_disk_only(self, record: SandboxRecord, memory_file: Path | None) -> None:
+        """Record a ``memory=False`` pause whose VMM is gone: SAVED on the sandbox's own disk, record PAUSED; the
+        sandbox's own memory file (its RAM since an earlier pause) goes, as resume boots with empty RAM."""
+        pause = PauseRecord(phase=PausePhase.SAVED, memory=False, disk=record.disk, paused_at=datetime.now(UTC))
+        await asyncio.to_thread(self._write, record.sandbox_id, pause)
+        record.state = SandboxState.PAUSED
+        await self._save_record(record)
+        if memory_file is not None and memory_file.parent == record.run_dir:
+            await asyncio.to_thread(memory_file.unlink, missing_ok=True)
 
     # ---- resume ----------------------------------------------------------------------------------------------
 
@@ -265,6 +312,12 @@ class PauseKeeper:
             return True
         if record.state is SandboxState.RUNNING and pause.phase is PausePhase.SAVING:
             vm = await self._adopt(record)
+            if vm is None and not pause.memory:
+                # a disk-only pause keeps nothing but the disk, and the VMM that wrote it has ended: it is paused
+                config = await asyncio.to_thread(_load_config, record.run_dir)
+                await self._settle_disk_only(record, config.memory_file if config is not None else None)
+                log.warning("disk-only pause finished by a restart")
+                return True
             if vm is None:
                 return await self._fail(record, "the agent stopped mid-pause and the VMM is gone; disk kept", log)
             with contextlib.suppress(VMMError):
@@ -323,3 +376,12 @@ class PauseKeeper:
         await self._save_record(record)
         log.error("sandbox marked failed; files kept", error=error)
         return True
+
+
+def _load_config(run_dir: Path | None) -> VMConfig | None:
+    if run_dir is None:
+        return None
+    try:
+        return VMConfig.load(run_dir)
+    except (OSError, ValueError):
+        return None

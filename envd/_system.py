@@ -1,6 +1,8 @@
-"""Plain HTTP routes of envd besides /files: /health, /init, /envs, /metrics.
+"""Plain HTTP routes of envd besides /files: /health, /init, /envs, /metrics, and Wrenn's /sync.
 
-/health and /init are exempt from the access token (as E2B's envd), /envs and /metrics need it once it is set.
+/health and /init are exempt from the access token (as E2B's envd), /envs, /metrics and /sync need it once it is
+set. ``POST /sync`` (not E2B's) writes the guest's dirty pages to its disks and answers 204 once they are there: the
+host agent calls it before a pause that keeps only the disk, so what was written is not lost with the RAM.
 /init may replace a token only when the caller proves it knows the current one (or sends the same one again, as
 the orchestrator does after a snapshot restore).
 """
@@ -45,7 +47,12 @@ def register(router: Router, state: State, settings: Settings) -> None:
     async def metrics(request: Request) -> Response:
         return Response.json(await read_metrics())
 
+    async def sync(request: Request) -> Response:
+        await asyncio.to_thread(os.sync)
+        return Response(204)
+
     router.route("GET", "/health", health, auth=False)
+    router.route("POST", "/sync", sync)
     router.route("POST", "/init", init, auth=False)
     router.route("GET", "/envs", envs)
     router.route("GET", "/metrics", metrics)

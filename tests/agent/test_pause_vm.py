@@ -29,7 +29,7 @@ from tests.agent.test_e2e import (  # noqa: F401 - fixtures
 )
 from wrenn.agent import AgentImage, AgentRuntime, AgentSettings, SandboxManager
 from wrenn.agent._processes import processes_mentioning
-from wrenn.agent.pause import PAUSE_DIR, PAUSE_FILE
+from wrenn.agent.pause import PAUSE_DIR, PAUSE_FILE, SNAPSHOT_DIR
 from wrenn.protocol.agent import CreateSandbox, SandboxInfo, SandboxState
 
 pytestmark = [pytest.mark.root, pytest.mark.vm, pytest.mark.slow]
@@ -132,6 +132,33 @@ async def test_counter_files_and_identity_survive_ten_pause_resume_cycles(
         async with httpx.AsyncClient(timeout=10) as client:
             response = await client.get(f"http://{address}/files", params={"path": "/dev/shm/counter"})
         assert response.status_code == 401
+    finally:
+        await manager.destroy(info.sandbox_id)
+
+
+async def test_a_disk_only_pause_keeps_what_was_just_written_and_boots_fresh(
+    manager: SandboxManager, data_dir: Path, image: tuple[AgentImage, bool]
+) -> None:
+    """``memory=False``: no snapshot is taken, the VMM is gone while paused, and resume boots fresh on the
+    sandbox's own disk. A file written a moment before the pause sits in the guest's page cache only (ext4 writes
+    back after 30 s); it survives because envd flushes it first (``POST /sync``). RAM-only state does not."""
+    needs_envd(image)
+    info = await manager.create(CreateSandbox(sandbox_id=sid("p", 9), template="base", envd_access_token=TOKEN))
+    address = info.envd_address
+    try:
+        await start_counter(address)
+        await counter_moves(address, 0)
+        await write_file(address, "/home/user/kept.txt", b"written just before the pause\n", TOKEN)
+        paused = await manager.pause(info.sandbox_id, memory=False)
+        assert paused.state is SandboxState.PAUSED
+        assert not vmm_running(data_dir, info.sandbox_id), "the VMM must be gone while paused"
+        pause_dir = data_dir / "sandboxes" / info.sandbox_id / PAUSE_DIR
+        assert not (pause_dir / SNAPSHOT_DIR).exists(), "a disk-only pause takes no snapshot"
+        resumed, was_paused = await manager.resume(info.sandbox_id)
+        assert was_paused
+        assert (resumed.sandbox_id, resumed.envd_address) == (info.sandbox_id, address)
+        assert await read_file(address, "/home/user/kept.txt", TOKEN) == b"written just before the pause\n"
+        assert await counter(address) == 0, "a fresh boot: the counter process and its tmpfs file are gone"
     finally:
         await manager.destroy(info.sandbox_id)
 

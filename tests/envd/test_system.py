@@ -50,6 +50,17 @@ def test_init_token_then_enforced_with_exemptions(http: httpx.Client) -> None:
     assert http.get("/health").status_code == 204
 
 
+def test_sync_flushes_and_needs_the_token_once_set(http: httpx.Client) -> None:
+    """``POST /sync`` (Wrenn's: the agent calls it before a disk-only pause) answers 204 once the flush returned;
+    like /envs it needs the token once one is set. That the data reaches the disk is shown with a real VM in
+    tests/agent/test_pause_vm.py."""
+    assert http.post("/sync").status_code == 204
+    assert http.get("/sync").status_code in {404, 405}, "POST only"
+    assert http.post("/init", json={"accessToken": "t0ken"}).status_code == 204
+    assert http.post("/sync").status_code == 401
+    assert http.post("/sync", headers={"X-Access-Token": "t0ken"}).status_code == 204
+
+
 def test_init_cannot_replace_token_without_the_current_one(http: httpx.Client) -> None:
     assert http.post("/init", json={"accessToken": "first"}).status_code == 204
     stolen = http.post("/init", json={"accessToken": "second", "envVars": {"X": "1"}})
