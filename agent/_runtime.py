@@ -83,7 +83,8 @@ class AgentRuntime:
                 ),
                 network_pool=settings.network_pool,
             )
-            await stack.enter_async_context(manager)
+            await manager.open(prewarm=settings.prewarm_shapes())
+            stack.push_async_callback(manager.aclose)
             identity = load_identity(settings.data_dir)
             manager.host_id = identity.host_id if identity else (settings.name or "local")
             tls_files = HostTlsFiles(settings.tls_dir)

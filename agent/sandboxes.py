@@ -31,6 +31,7 @@ import asyncio
 import builtins
 import contextlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +44,7 @@ from wrenn.agent._netpool import POOL_FILE, NetworkPool
 from wrenn.agent._processes import kill_processes_mentioning
 from wrenn.agent._resources import HostFacts, HostResources
 from wrenn.agent._slots import SlotAllocator
+from wrenn.agent._tasks import cancel_and_wait
 from wrenn.agent.pause import SNAPSHOT_DIR, PauseKeeper
 from wrenn.agent.snapshots import KEY_PREFIX, SnapshotMeta, SnapshotStore, new_meta
 from wrenn.agent.state import SandboxRecord, StateStore, Step
@@ -112,6 +114,7 @@ class SandboxManager:
             stop_grace=self._limits.stop_grace,
         )
         self._snapshots = SnapshotStore(store.root.parent / "snapshots")
+        self._prewarm: asyncio.Task[None] | None = None
         self._pool = NetworkPool(
             resources=resources, slots=slots, path=store.root.parent / POOL_FILE, size=network_pool
         )
@@ -125,14 +128,37 @@ class SandboxManager:
     async def __aexit__(self, *_exc: object) -> None:
         await self.aclose()
 
-    async def open(self) -> None:
+    async def open(self, *, prewarm: Sequence[tuple[str, int, int]] = ()) -> None:
+        """Recover this host's sandboxes, start the network pool and, in the background, make the warm snapshots
+        of the `prewarm` shapes (template, vcpus, memory_mb)."""
         self._facts = await self._resources.open()
         await self._recover()
         self._pool.open()
+        if prewarm:
+            self._prewarm = asyncio.create_task(self._prewarm_shapes(list(prewarm)), name="prewarm")
+
+    async def _prewarm_shapes(self, shapes: list[tuple[str, int, int]]) -> None:
+        """One shape after another; a shape that cannot be made is logged and left to its first create."""
+        for template, vcpus, memory_mb in shapes:
+            log = _log.bind(template=template, vcpus=vcpus, memory_mb=memory_mb)
+            try:
+                image = self._images.find(template)
+                warm = await self._templates.get(image, vcpus, memory_mb)
+            except (WrennError, OSError) as exc:
+                log.warning("prewarm skipped", error=str(exc))
+                continue
+            log.info("prewarmed" if warm is not None else "prewarm: this shape cold-boots")
+
+    async def prewarmed(self) -> None:
+        """Wait until the background prewarm (if any) has finished."""
+        if self._prewarm is not None:
+            await asyncio.wait([self._prewarm])
 
     async def aclose(self) -> None:
-        """Stop refilling the network pool and remove its prepared slots; release VM handles (the VMMs keep
-        running and are adopted by the next agent)."""
+        """Stop the prewarm and the network pool's refill and remove its prepared slots; release VM handles (the
+        VMMs keep running and are adopted by the next agent)."""
+        await cancel_and_wait(self._prewarm)
+        self._prewarm = None
         await self._pool.aclose()
         for sandbox in self._sandboxes.values():
             if sandbox.vm is not None:

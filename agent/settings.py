@@ -7,10 +7,11 @@ here, so a test subclasses the settings and overrides one method instead of patc
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from wrenn.protocol.agent import Accelerator
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from wrenn.agent._images import ImageSource
     from wrenn.agent._resources import HostResources
     from wrenn.agent.vmm import VMDriver
+
+
+_PREWARM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*:[1-9][0-9]*:[1-9][0-9]*")
 
 
 class AgentSettings(BaseSettings):
@@ -54,6 +58,11 @@ class AgentSettings(BaseSettings):
     accelerator: Accelerator | None = Field(default=None, description="force an accelerator instead of probing")
 
     warm_templates: bool = Field(default=True, description="restore creates from a warm snapshot per template")
+    prewarm: list[str] = Field(
+        default_factory=list,
+        description="warm snapshots to make in the background at start, as TEMPLATE:VCPUS:MEMORY_MB (the first "
+        "create of such a shape then restores instead of waiting for the template's boot)",
+    )
     envd_ready_limit: float = Field(default=180.0, gt=0, description="seconds a cold boot may take to envd /health")
     restore_ready_limit: float = Field(default=60.0, gt=0, description="seconds a restore may take to envd /health")
     stop_grace: float = Field(default=5.0, ge=0)
@@ -71,6 +80,22 @@ class AgentSettings(BaseSettings):
     transit_cidr: str | None = Field(
         default=None, description="host <-> sandbox namespace /30s come from here (default: the implementation's)"
     )
+
+    @field_validator("prewarm")
+    @classmethod
+    def _prewarm_shapes(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not _PREWARM.fullmatch(item):
+                raise ValueError(f"prewarm entry {item!r} is not TEMPLATE:VCPUS:MEMORY_MB (e.g. base:1:512)")
+        return value
+
+    def prewarm_shapes(self) -> list[tuple[str, int, int]]:
+        """`prewarm` as (template, vcpus, memory_mb)."""
+        shapes = []
+        for item in self.prewarm:
+            template, vcpus, memory_mb = item.rsplit(":", 2)
+            shapes.append((template, int(vcpus), int(memory_mb)))
+        return shapes
 
     @property
     def sandboxes_dir(self) -> Path:

@@ -243,6 +243,8 @@ async def run_up(
             registration_token=token,
             name=socket.gethostname(),
             images_file=images_file,
+            # the shape a create gets by default: the first sandbox restores instead of waiting for the boot
+            prewarm=[f"{options.template}:{settings.sandbox_vcpus}:{settings.sandbox_memory_mb}"],
         )
         # The runtime opens first (it registers, and with a CA configured gets its certificate), then the listener
         # serves with the TLS it decided on: plain HTTP on loopback unless the control plane runs a CA.

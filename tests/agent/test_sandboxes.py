@@ -53,6 +53,32 @@ async def test_second_create_restores_from_the_warm_template(env: Env) -> None:
     env.nothing_left()
 
 
+async def test_prewarm_makes_the_shapes_in_the_background(env: Env) -> None:
+    """`open(prewarm=...)`: the warm snapshot of each shape is made without a create asking; an unknown template
+    is logged and skipped; the first create of a prewarmed shape restores from it; closing mid-prewarm is clean."""
+    manager = env.manager()
+    await manager.open(prewarm=[("nosuch", 1, 256), ("base", 1, 512)])
+    try:
+        await manager.prewarmed()
+        key = WarmTemplates.shape_key(env.image, 1, 512)
+        assert [d.name for d in (env.root / "templates").iterdir()] == [key]
+        assert (env.root / "templates" / key / "ready").is_file()
+        await manager.create(CreateSandbox(sandbox_id=sid(1), template="base", memory_mb=512))
+        record = StateStore(env.root / "sandboxes").load(sid(1))
+        assert record is not None
+        assert record.restored
+        assert record.template_key == key
+        await manager.destroy(sid(1))
+    finally:
+        await manager.aclose()
+    second = env.manager()
+    await second.open(prewarm=[("base", 2, 256)])
+    await second.aclose()  # cancels a prewarm that may be mid-boot: nothing of it is left half-made
+    leftovers = [d for d in (env.root / "templates").iterdir() if not (d / "ready").is_file()]
+    assert leftovers == []
+    env.nothing_left()
+
+
 async def test_cold_boot_when_warm_templates_are_off(short_tmp: Path) -> None:
     tmp_path = short_tmp
     env = Env(tmp_path, warm=False)
@@ -206,3 +232,17 @@ def test_state_file_is_json_and_atomic(tmp_path: Path) -> None:
 
 def test_error_kinds_of_vmm_errors_are_wrenn_errors() -> None:
     assert issubclass(VMMError, WrennError)
+
+
+def test_prewarm_setting_is_template_vcpus_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from wrenn.agent import AgentSettings
+
+    settings = AgentSettings(data_dir=tmp_path, prewarm=["base:1:512", "my.tpl-2:4:2048"])
+    assert settings.prewarm_shapes() == [("base", 1, 512), ("my.tpl-2", 4, 2048)]
+    monkeypatch.setenv("WRENN_AGENT_PREWARM", '["base:2:256"]')
+    assert AgentSettings(data_dir=tmp_path).prewarm_shapes() == [("base", 2, 256)]
+    for bad in ("base", "base:0:512", "base:1:", ":1:512", "base:1:512:9"):
+        with pytest.raises(ValidationError, match="TEMPLATE:VCPUS:MEMORY_MB"):
+            AgentSettings(data_dir=tmp_path, prewarm=[bad])
