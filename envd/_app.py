@@ -57,6 +57,10 @@ class Envd:
         _log.info("envd listening on %s:%d", self.settings.host, self.port)
         if self.forwarder is not None:
             self.forwarder.start()
+        for closer in self._closers:
+            prestart = getattr(closer, "prestart", None)
+            if prestart is not None:
+                prestart()  # the process service's spawner for the default user
 
     @property
     def port(self) -> int:

@@ -32,8 +32,9 @@ from google.protobuf.message import Message
 from . import _pty
 from ._connect import Code, ConnectError, Rpc, RpcContext
 from ._proto import process as pb
+from ._spawners import RemoteChild, Spawners, SpawnerUnavailable
 from ._state import Settings, State
-from ._users import User, child_env
+from ._users import UnknownUser, User, child_env, default_user_name, lookup
 
 _log = logging.getLogger("envd.process")
 
@@ -41,6 +42,9 @@ SERVICE = "process.Process"
 MAX_LISTENER_BACKLOG = 32 * 1024 * 1024
 DRAIN_GRACE = 0.2
 READ_SIZE = 64 * 1024
+
+_Child = subprocess.Popen[bytes] | RemoteChild
+"""A started process: envd's own child, or a per-user spawner's (`wrenn.envd._spawners`)."""
 
 _SIGNALS = {
     pb.enum_value("Signal", "SIGNAL_SIGKILL"): signal.SIGKILL,
@@ -91,7 +95,7 @@ class _Listener:
 class _Process:
     """One child process with its pipes or PTY, output ring, listeners and end event."""
 
-    def __init__(self, popen: subprocess.Popen[bytes], config: Message, tag: str | None, settings: Settings) -> None:
+    def __init__(self, popen: _Child, config: Message, tag: str | None, settings: Settings) -> None:
         self.popen = popen
         self.pid = popen.pid
         self.config = config
@@ -118,6 +122,11 @@ class _Process:
             os.set_blocking(fd, False)
             self._readers[fd] = kind
             loop.add_reader(fd, self._on_readable, loop, fd)
+        if isinstance(self.popen, RemoteChild):  # its spawner reports the exit (it is the parent, not envd)
+            self.popen.on_exit = lambda: self._on_exit(loop)
+            if self.popen.returncode is not None:
+                self._on_exit(loop)
+            return
         try:
             self._pidfd = os.pidfd_open(self.pid)
         except (OSError, AttributeError):  # no pidfd (old kernel): a thread waits instead
@@ -164,6 +173,7 @@ class _Process:
 
     # -- exit --------------------------------------------------------------------------------------------------
     def _wait_blocking(self, loop: asyncio.AbstractEventLoop) -> None:
+        assert isinstance(self.popen, subprocess.Popen)
         self.popen.wait()
         loop.call_soon_threadsafe(self._on_exit, loop)
 
@@ -327,6 +337,19 @@ class ProcessManager:
         self._state = state
         self._settings = settings
         self._procs: dict[int, _Process] = {}
+        self._spawners = Spawners()
+
+    def prestart(self) -> None:
+        """Start the default user's spawner now (envd runs as root and the user is another): its interpreter's
+        start then happens before the first command instead of inside it — in a guest, before the snapshot."""
+        if os.geteuid() != 0:
+            return
+        try:
+            user = lookup(default_user_name(self._state.default_user))
+        except UnknownUser:
+            return
+        if user.uid != 0:
+            self._spawners.prestart(user)
 
     # -- lookup ------------------------------------------------------------------------------------------------
     def find(self, selector: Message) -> _Process:
@@ -364,7 +387,14 @@ class ProcessManager:
         want_stdin = request.stdin if request.HasField("stdin") else True
         loop = asyncio.get_running_loop()
         popen, outputs, stdin_fd, pty_fd = _spawn(
-            [config.cmd, *config.args], cwd, env, user, use_pty, request.pty.size if use_pty else None, want_stdin
+            [config.cmd, *config.args],
+            cwd,
+            env,
+            user,
+            use_pty,
+            request.pty.size if use_pty else None,
+            want_stdin,
+            self._spawners,
         )
         proc = _Process(popen, config, request.tag if request.HasField("tag") else None, self._settings)
         proc.stdin_fd = stdin_fd
@@ -402,6 +432,7 @@ class ProcessManager:
                 proc.signal(signal.SIGKILL)
         waits = [asyncio.wait_for(p.done.wait(), 5) for p in self.running()]
         await asyncio.gather(*waits, return_exceptions=True)
+        self._spawners.close()
 
 
 def _spawn(
@@ -412,8 +443,14 @@ def _spawn(
     use_pty: bool,
     size: Any,
     want_stdin: bool,
-) -> tuple[subprocess.Popen[bytes], dict[int, str], int | None, int | None]:
-    """Fork/exec the child; returns (popen, output fds by kind, stdin write fd, PTY master)."""
+    spawners: Spawners | None = None,
+) -> tuple[_Child, dict[int, str], int | None, int | None]:
+    """Start the child; returns (child, output fds by kind, stdin write fd, PTY master).
+
+    As envd's own user CPython spawns with ``vfork``. As another user a ``fork`` would be needed (setuid in the
+    child), so a pipe-connected child goes through that user's spawner (`wrenn.envd._spawners`), which is that user
+    already and uses ``vfork``; a PTY child (its controlling terminal needs code in the child) and any spawn a
+    spawner cannot take are forked here."""
     as_other = os.geteuid() == 0 and user.uid != os.geteuid()
     ids: dict[str, Any] = {"user": user.uid, "group": user.gid, "extra_groups": list(user.groups)} if as_other else {}
     to_close: list[int] = []
@@ -447,16 +484,20 @@ def _spawn(
             in_r, in_w = os.pipe()
             to_close.append(in_r)
         try:
-            popen = subprocess.Popen(
-                argv,
-                stdin=in_r if in_r is not None else subprocess.DEVNULL,
-                stdout=out_w,
-                stderr=err_w,
-                cwd=cwd,
-                env=env,
-                start_new_session=True,
-                **ids,
-            )
+            child: _Child | None = None
+            if as_other and spawners is not None:
+                child = _via_spawner(spawners, user, argv, cwd, env, (in_r, out_w, err_w))
+            if child is None:
+                child = subprocess.Popen(
+                    argv,
+                    stdin=in_r if in_r is not None else subprocess.DEVNULL,
+                    stdout=out_w,
+                    stderr=err_w,
+                    cwd=cwd,
+                    env=env,
+                    start_new_session=True,
+                    **ids,
+                )
         except BaseException:
             for fd in (out_r, err_r, in_w):
                 if fd is not None:
@@ -464,7 +505,7 @@ def _spawn(
             raise
         if in_w is not None:
             os.set_blocking(in_w, False)
-        return popen, {out_r: "stdout", err_r: "stderr"}, in_w, None
+        return child, {out_r: "stdout", err_r: "stderr"}, in_w, None
     except (FileNotFoundError, PermissionError, NotADirectoryError) as exc:
         raise ConnectError(Code.INVALID_ARGUMENT, f"cannot start {argv[0]!r}: {exc.strerror}") from exc
     except OSError as exc:
@@ -472,6 +513,21 @@ def _spawn(
     finally:
         for fd in to_close:
             os.close(fd)
+
+
+def _via_spawner(
+    spawners: Spawners, user: User, argv: list[str], cwd: str, env: dict[str, str], fds: tuple[int | None, int, int]
+) -> RemoteChild | None:
+    """The child started by `user`'s spawner; None when the spawner cannot take it (the caller forks instead)."""
+    stdin = fds[0] if fds[0] is not None else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return spawners.spawn(user, argv, cwd, env, (stdin, fds[1], fds[2]))
+    except SpawnerUnavailable as exc:
+        _log.info("spawning as %s without its spawner: %s", user.name, exc)
+        return None
+    finally:
+        if fds[0] is None:
+            os.close(stdin)
 
 
 def register(rpc: Rpc, state: State, settings: Settings) -> ProcessManager:
