@@ -4,7 +4,8 @@ keep-alive HTTP/1.1 connection, and envd's idle RSS, on the venv's python and on
     .venv/bin/python -m bench.envd_exec [--count 300] [--warmup 20]
 
 Variants: `/bin/true` as envd's own user (root here: spawned with vfork), as `user` (through that user's spawner,
-envd/_spawner.py, which is `user` already and vforks too), and the e2b SDK's shape `/bin/bash -l -c true` as `user` (a login shell reads /etc/profile: most of its cost is bash's).
+envd/_spawner.py, which is `user` already and vforks too), and the e2b SDK's shape `/bin/bash -l -c true` as
+`user` (a login shell reads /etc/profile: most of its cost is bash's).
 The client is a raw socket with a pre-built request, so the numbers are envd's, not an HTTP library's.
 """
 

@@ -101,11 +101,16 @@ class _Spawner:
             self._died("it closed its socket")
             raise SpawnerUnavailable("the spawner ended")
         self.served += 1
-        reply = json.loads(answer)
-        if "pid" not in reply:
-            error = _ERRORS.get(str(reply.get("exception")), OSError)
-            raise error(int(reply.get("errno", 0)), str(reply.get("strerror", "spawn failed")))
-        child = RemoteChild(int(reply["pid"]))
+        try:
+            reply = json.loads(answer)
+            if "pid" not in reply:
+                error = _ERRORS.get(str(reply.get("exception")), OSError)
+                raise error(int(reply.get("errno", 0)), str(reply.get("strerror", "spawn failed")))
+            pid = int(reply["pid"])
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            self._died(f"it sent a malformed answer {answer[:80]!r}")
+            raise SpawnerUnavailable("malformed answer") from exc
+        child = RemoteChild(pid)
         self.children[child.pid] = child
         return child
 
@@ -121,10 +126,16 @@ class _Spawner:
             if not data:
                 self._died("it ended")
                 return
-            event = json.loads(data)
-            child = self.children.pop(int(event["exit"]), None)
+            try:
+                event = json.loads(data)
+                pid, returncode = int(event["exit"]), int(event["returncode"])
+            except (ValueError, KeyError, TypeError):
+                # it runs as the user, who may tamper with it: what it says can only concern that user's children
+                self._died(f"it sent a malformed event {data[:80]!r}")
+                return
+            child = self.children.pop(pid, None)
             if child is not None:
-                child._exited(int(event["returncode"]))
+                child._exited(returncode)
 
     def _died(self, why: str) -> None:
         if not self.alive:
