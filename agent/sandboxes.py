@@ -329,8 +329,9 @@ class SandboxManager:
             await self._start_vm(sandbox, image, warm, cgroup, disk=disk, run_dir=run_dir, prepared=prepared)
         finally:
             await asyncio.wait([cgroup])  # never leave it half-made under the undo
-            if not cgroup.cancelled():
-                cgroup.exception()  # retrieved: when it failed, the placement raised it already
+            failed = None if cgroup.cancelled() else cgroup.exception()  # retrieved either way
+        if failed is not None:
+            raise failed  # the placement raised it already, unless a driver never placed the VMM: not kept either
         if warm is None:  # a boot: envd comes up some time after the VMM, /health says when
             await self._envd.wait_ready(record.envd_address or "", self._limits.ready_cold)
 
