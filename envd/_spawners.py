@@ -115,24 +115,27 @@ class _Spawner:
         return child
 
     def _on_event(self) -> None:
+        problem = self._read_events()
+        if problem is not None:
+            self._died(problem)
+
+    def _read_events(self) -> str | None:
+        """Apply every exit report waiting on the event socket; what went wrong with the spawner, if anything."""
         while True:
             try:
                 data = self._events.recv(1 << 16)
             except BlockingIOError:
-                return
+                return None
             except OSError as exc:
-                self._died(f"its event socket failed: {exc}")
-                return
+                return f"its event socket failed: {exc}"
             if not data:
-                self._died("it ended")
-                return
+                return "it ended"
             try:
                 event = json.loads(data)
                 pid, returncode = int(event["exit"]), int(event["returncode"])
             except (ValueError, KeyError, TypeError):
                 # it runs as the user, who may tamper with it: what it says can only concern that user's children
-                self._died(f"it sent a malformed event {data[:80]!r}")
-                return
+                return f"it sent a malformed event {data[:80]!r}"
             child = self.children.pop(pid, None)
             if child is not None:
                 child._exited(returncode)
@@ -141,6 +144,7 @@ class _Spawner:
         if not self.alive:
             return
         self.alive = False
+        self._read_events()  # exits it reported before it went keep their real status
         _log.warning("the process spawner of %s stopped (%s); %d children watched directly",
                      self.user.name, why, len(self.children))  # fmt: skip
         self._loop.remove_reader(self._events.fileno())
