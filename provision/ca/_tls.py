@@ -6,9 +6,10 @@
   freshly built context when anything changed — a renewed host certificate or a re-signed CRL reaches the next
   connection, the running server never restarts. Revocation is checked by OpenSSL against the CRL
   (``VERIFY_CRL_CHECK_LEAF``).
-- `ReloadingClientContext` is what the API's httpx client gets (``httpx.AsyncClient(verify=ctx.context)``). There
-  is no per-connection hook on a client, so ``reload()`` calls ``load_cert_chain`` on the live context: every
-  connection opened afterwards presents the new certificate, pooled connections finish with the old one.
+- `ReloadingClientContext` is what the API's agent clients get. There is no per-connection hook on a client, so
+  ``reload()`` calls ``load_cert_chain`` on the live context (connections opened afterwards present the new
+  certificate), and ``current()`` builds a new context when a file changed — a re-signed CRL can only arrive that
+  way; the caller opens new clients with it. Both classes follow their files through one `_FollowedFiles`.
 
 Plain HTTP is used only when no CA is configured; see `wrenn.provision.ca` for the wiring.
 """
@@ -19,6 +20,7 @@ import logging
 import os
 import ssl
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,44 +75,69 @@ def _signature(paths: tuple[Path, ...]) -> tuple[tuple[int, int, int], ...]:
     return tuple(out)
 
 
+class _FollowedFiles:
+    """A context built from `files` and rebuilt, under a lock, when their signatures (inode, size, mtime) change.
+
+    A rebuild that fails (a renewal is between writing the new key and the new certificate, a file is briefly
+    missing) keeps the previous context and is tried again at the next `current`: a renewal in progress never
+    breaks connections."""
+
+    def __init__(self, files: TLSFiles, build: Callable[[TLSFiles], ssl.SSLContext], use: str) -> None:
+        self.files = files
+        self._build = build
+        self._use = use
+        self.lock = threading.Lock()  # handshakes may run on several threads (uvicorn workers, to_thread)
+        self._signature = _signature(files.paths())
+        self.latest = build(files)
+        self.rebuilds = 0
+        self.failed = 0
+
+    def current(self) -> ssl.SSLContext:
+        with self.lock:
+            try:
+                signature = _signature(self.files.paths())
+                if signature != self._signature:
+                    self.latest = self._build(self.files)
+                    self._signature = signature
+                    self.rebuilds += 1
+            except (OSError, ssl.SSLError) as exc:
+                self.failed += 1
+                _log.warning("TLS files unusable; %s the previous certificate: %s", self._use, exc)
+            return self.latest
+
+    def rebuild(self) -> None:
+        """Rebuild now, whether or not the files look changed."""
+        with self.lock:
+            self.latest = self._build(self.files)
+            self._signature = _signature(self.files.paths())
+            self.rebuilds += 1
+
+
 class ReloadingServerContext:
     """A listening context that gives each new connection a context built from the files as they are now."""
 
     def __init__(self, files: TLSFiles) -> None:
         self.files = files
-        self._lock = threading.Lock()  # handshakes may run on several threads (uvicorn workers, to_thread)
-        self._signature = _signature(files.paths())
-        self._current = server_context(files)
-        self.reloads = 0
-        self.failed_reloads = 0
-        # The dispatcher needs a certificate of its own to exist; every handshake is moved to `_current`.
+        self._followed = _FollowedFiles(files, server_context, "serving with")
+        # The dispatcher needs a certificate of its own to exist; every handshake is moved to `current()`.
         self.context = server_context(files)
         self.context.sni_callback = self._on_handshake
 
-    def current(self) -> ssl.SSLContext:
-        """The context new connections get; rebuilt first when any of the files changed.
+    @property
+    def reloads(self) -> int:
+        return self._followed.rebuilds
 
-        A rebuild that fails (a renewal is between writing the new key and the new certificate, a file is briefly
-        missing) keeps the previous context for this connection and is tried again by the next handshake: a
-        renewal in progress never breaks connections."""
-        with self._lock:
-            try:
-                signature = _signature(self.files.paths())
-                if signature != self._signature:
-                    self._current = server_context(self.files)
-                    self._signature = signature
-                    self.reloads += 1
-            except (OSError, ssl.SSLError) as exc:
-                self.failed_reloads += 1
-                _log.warning("TLS files unusable; serving the previous certificate: %s", exc)
-            return self._current
+    @property
+    def failed_reloads(self) -> int:
+        return self._followed.failed
+
+    def current(self) -> ssl.SSLContext:
+        """The context new connections get; rebuilt first when any of the files changed (see `_FollowedFiles`)."""
+        return self._followed.current()
 
     def reload(self) -> None:
         """Rebuild now, whether or not the files look changed."""
-        with self._lock:
-            self._current = server_context(self.files)
-            self._signature = _signature(self.files.paths())
-            self.reloads += 1
+        self._followed.rebuild()
 
     def _on_handshake(
         self, ssl_object: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: ssl.SSLContext
@@ -128,28 +155,22 @@ class ReloadingClientContext:
 
     def __init__(self, files: TLSFiles) -> None:
         self.files = files
-        self._lock = threading.Lock()
-        self._signature = _signature(files.paths())
-        self.context = client_context(files)
-        self.rebuilds = 0
+        self._followed = _FollowedFiles(files, client_context, "connecting with")
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        """The live context (as last built; `current` checks the files first)."""
+        return self._followed.latest
+
+    @property
+    def rebuilds(self) -> int:
+        return self._followed.rebuilds
 
     def current(self) -> ssl.SSLContext:
-        """The context to open connections with: the live one, or a new one when any file changed since.
-
-        A rebuild that fails (files between two writes of a renewal) keeps the previous context; the next call
-        tries again."""
-        with self._lock:
-            try:
-                signature = _signature(self.files.paths())
-                if signature != self._signature:
-                    self.context = client_context(self.files)
-                    self._signature = signature
-                    self.rebuilds += 1
-            except (OSError, ssl.SSLError) as exc:
-                _log.warning("TLS files unusable; connecting with the previous certificate and CRL: %s", exc)
-            return self.context
+        """The context to open connections with: the live one, or a new one when any file changed since."""
+        return self._followed.current()
 
     def reload(self) -> None:
         """Load the certificate and key from the files again; connections opened from now on present them."""
-        with self._lock:
-            self.context.load_cert_chain(self.files.cert_file, self.files.key_file)
+        with self._followed.lock:
+            self._followed.latest.load_cert_chain(self.files.cert_file, self.files.key_file)
