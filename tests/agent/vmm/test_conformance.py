@@ -24,7 +24,7 @@ from tests.agent.vmm.conftest import (
     recording_placement,
     state_of,
 )
-from wrenn.agent.vmm import AdoptFailed, StartFailed, VMState, VMStateError
+from wrenn.agent.vmm import AdoptFailed, SnapshotInfo, StartFailed, VMState, VMStateError
 
 pytestmark = pytest.mark.timeout(900)  # the vm/root/firecracker markers sit on the driver params
 
@@ -208,13 +208,19 @@ async def test_snapshot_restore(vmm: Harness, file_backed: bool) -> None:
         assert_nothing_left(config.run_dir, clone.pid)
 
 
-async def test_restore_refuses_a_disk_that_is_not_the_snapshots(vmm: Harness) -> None:
-    if vmm.name != "qemu":
-        pytest.skip("only QEMU can see a qcow2 backing chain to check")
+async def _stopped_snapshot(vmm: Harness) -> SnapshotInfo:
+    """A snapshot of a freshly started VM, which is then stopped."""
     source = vmm.config()
     vm = vmm.track(await vmm.driver.start(source))
     info = await vm.save_snapshot(source.run_dir / "snapshot")
     await vm.stop(grace=5)
+    return info
+
+
+async def test_restore_refuses_a_disk_that_is_not_the_snapshots(vmm: Harness) -> None:
+    if vmm.name != "qemu":
+        pytest.skip("only QEMU can see a qcow2 backing chain to check")
+    info = await _stopped_snapshot(vmm)
     stranger = vmm.config()  # an overlay on the base image, not on the frozen disk
     with pytest.raises(StartFailed, match="not backed by the snapshot's disk"):
         await vmm.driver.restore(stranger, info.directory)
@@ -227,10 +233,7 @@ async def test_restore_from_a_damaged_state_stream_fails_cleanly(vmm: Harness, d
     `StartFailed`, with no VMM, socket or pidfile left."""
     if vmm.name != "qemu":
         pytest.skip("the state stream and its transport are QEMU's")
-    source = vmm.config()
-    vm = vmm.track(await vmm.driver.start(source))
-    info = await vm.save_snapshot(source.run_dir / "snapshot")
-    await vm.stop(grace=5)
+    info = await _stopped_snapshot(vmm)
     state = info.directory / "state"
     if damage == "missing":
         state.unlink()
