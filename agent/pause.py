@@ -213,22 +213,22 @@ class PauseKeeper:
         with contextlib.suppress(VMMError):
             await asyncio.shield(vm.stop(grace=self._stop_grace))
         await vm.aclose()
-        await self._settle_disk_only(record, vm.config.memory_file)
-        pause = self.load(record.sandbox_id)
-        assert pause is not None
+        pause = await self._settle_disk_only(record, vm.config.memory_file)
         pause.seconds = round(asyncio.get_running_loop().time() - started, 3)
         await asyncio.to_thread(self._write, record.sandbox_id, pause)
         log.info("sandbox paused", seconds=pause.seconds)
 
-    async def _settle_disk_only(self, record: SandboxRecord, memory_file: Path | None) -> None:
+    async def _settle_disk_only(self, record: SandboxRecord, memory_file: Path | None) -> PauseRecord:
         """Record a ``memory=False`` pause whose VMM is gone: SAVED on the sandbox's own disk, record PAUSED; the
-        sandbox's own memory file (its RAM since an earlier pause) goes, as resume boots with empty RAM."""
+        sandbox's own memory file (its RAM since an earlier pause) goes, as resume boots with empty RAM. Returns
+        the pause record written."""
         pause = PauseRecord(phase=PausePhase.SAVED, memory=False, disk=record.disk, paused_at=datetime.now(UTC))
         await asyncio.to_thread(self._write, record.sandbox_id, pause)
         record.state = SandboxState.PAUSED
         await self._save_record(record)
         if memory_file is not None and memory_file.parent == record.run_dir:
             await asyncio.to_thread(memory_file.unlink, missing_ok=True)
+        return pause
 
     # ---- resume ----------------------------------------------------------------------------------------------
 

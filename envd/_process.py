@@ -443,7 +443,7 @@ def _spawn(
     use_pty: bool,
     size: Any,
     want_stdin: bool,
-    spawners: Spawners | None = None,
+    spawners: Spawners,
 ) -> tuple[_Child, dict[int, str], int | None, int | None]:
     """Start the child; returns (child, output fds by kind, stdin write fd, PTY master).
 
@@ -485,7 +485,7 @@ def _spawn(
             to_close.append(in_r)
         try:
             child: _Child | None = None
-            if as_other and spawners is not None:
+            if as_other:
                 child = _via_spawner(spawners, user, argv, cwd, env, (in_r, out_w, err_w))
             if child is None:
                 child = subprocess.Popen(
