@@ -49,12 +49,16 @@ def image(data_dir: Path) -> tuple[AgentImage, bool]:
     manifest = json.loads((builds[-1] / "manifest.json").read_text())
     into = data_dir / "image"
     into.mkdir(exist_ok=True)
-    files = {name: Path(shutil.copy2(builds[-1] / manifest[name], into)) for name in ("kernel", "initrd", "rootfs")}
+    files = {
+        name: Path(shutil.copy2(builds[-1] / manifest[name], into))
+        for name in ("kernel", "initrd", "rootfs")
+        if manifest.get(name)  # the microVM kernel boots without an initrd
+    }
     return (
         AgentImage(
             template="base",
             kernel=files["kernel"],
-            initrd=files["initrd"],
+            initrd=files.get("initrd"),
             rootfs=files["rootfs"],
             kernel_cmdline=manifest["kernel_cmdline"],
             key=manifest["key"],
