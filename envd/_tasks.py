@@ -1,5 +1,8 @@
-"""Task helpers for envd (each component keeps its own: they share nothing but wire models and error kinds,
-and envd ships alone in every image)."""
+"""Task helpers for envd.
+
+The agent and the API never import each other and share only wire models and error kinds (DESIGN.md), envd ships
+alone in every image, and the provisioning toolkit is a library of its own, so each keeps this one small helper;
+tests/test_tasks.py runs the same checks against every copy."""
 
 from __future__ import annotations
 
