@@ -44,6 +44,7 @@ from qemu.qmp import QMPClient
 from bench.vm_boot import pss_kib
 from tests.agent.e2e_support import guest_image, images_file
 from wrenn.agent import AgentImage, AgentRuntime, AgentSettings, HostResources, SandboxManager, WarmSnapshot
+from wrenn.agent.vmm import wait_envd
 from wrenn.agent.vmm.qemu import host_tsc_khz
 from wrenn.protocol.agent import Accelerator, CreateSandbox
 
@@ -141,7 +142,7 @@ async def bare_launch(
             if init:
                 await _post_init(health_client, lease.envd_address)
             else:
-                await _wait_health(health_client, lease.envd_address)
+                await wait_envd(lease.envd_address, LIMIT, client=health_client)
             done = time.monotonic()
             if steps is not None and warm is not None:
                 probe = "envd /init 204" if init else "envd /health 204"
@@ -160,20 +161,6 @@ async def bare_launch(
         shutil.rmtree(run, ignore_errors=True)
 
 
-async def _wait_health(client: httpx.AsyncClient, address: str) -> None:
-    """`wrenn.agent.vmm.wait_envd` with a client made beforehand: poll ``GET /health`` until 204."""
-    async with asyncio.timeout(LIMIT):
-        while True:
-            try:
-                response = await client.get(f"http://{address}/health")
-            except httpx.TransportError:
-                pass
-            else:
-                if response.status_code == 204:
-                    return
-            await asyncio.sleep(0.05)
-
-
 async def _post_init(client: httpx.AsyncClient, address: str) -> None:
     """The readiness a sandbox needs after a restore, done by hand: ``POST /init`` with the clock (the snapshot's
     guest wakes up in the past) and the env vars, retried while the guest does not accept yet."""
@@ -187,7 +174,7 @@ async def _post_init(client: httpx.AsyncClient, address: str) -> None:
                 continue
             if response.status_code == 204:
                 return
-            raise RuntimeError(f"bare /init answered {response.status_code}")
+            raise RuntimeError(f"bare /init answered {response.status_code}: {response.text[:300]}")
 
 
 async def _bare_incoming(qmp: QMPClient, state: Path, *, devices_only: bool) -> None:
