@@ -1,15 +1,14 @@
 """Blocking host steps: ``ip netns``/``nft`` commands and netlink calls (pyroute2), in the root namespace or in a
 named one. Callers run them in a worker thread (`asyncio.to_thread`).
 
-Entering a namespace is per thread: `in_netns` moves only the calling thread with ``setns(2)`` and always moves it
-back, so netlink sockets and TAP ioctls made inside it belong to the namespace while the rest of the process stays
-put. pyroute2's own ``NetNS`` forks a helper per socket, which costs time and leaks warnings under a test harness.
+Entering a namespace is per thread: `in_netns` moves only the calling thread (`wrenn.agent._netns`) and always
+moves it back, so netlink sockets and TAP ioctls made inside it belong to the namespace while the rest of the process
+stays put. pyroute2's own ``NetNS`` forks a helper per socket, which costs time and leaks warnings under a test harness.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import subprocess
 from collections.abc import Iterator, Sequence
@@ -18,10 +17,9 @@ from pathlib import Path
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from wrenn.agent import _netns
+from wrenn.agent._netns import NETNS_DIR
 from wrenn.agent.network._errors import HostCommandFailed
-
-NETNS_DIR = Path("/run/netns")
-_CLONE_NEWNET = 0x40000000
 
 
 def run(argv: Sequence[str], *, stdin: str | None = None, check: bool = True) -> str:
@@ -72,36 +70,17 @@ def finish_nft(proc: subprocess.Popen[str], table: str, where: str) -> None:
         raise HostCommandFailed(f"nft -f in {where}", f"table {table} missing after the transaction")
 
 
-def _setns(fd: int) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 @contextlib.contextmanager
 def in_netns(name: str) -> Iterator[None]:
-    """Run the body with the calling thread inside network namespace `name`."""
+    """Run the body with the calling thread inside network namespace `name` (`wrenn.agent._netns`)."""
     try:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+        own = _netns.enter(name)
     except OSError as exc:
-        raise HostCommandFailed("opening this thread's namespace", str(exc)) from exc
+        raise HostCommandFailed(f"entering namespace {name}", str(exc)) from exc
     try:
-        try:
-            target = os.open(NETNS_DIR / name, os.O_RDONLY)
-            try:
-                _setns(target)
-            finally:
-                os.close(target)
-        except OSError as exc:
-            raise HostCommandFailed(f"entering namespace {name}", str(exc)) from exc
-        try:
-            yield
-        finally:
-            # A thread left in the wrong namespace would poison the pool it came from: fail loudly instead.
-            _setns(own)
+        yield
     finally:
-        os.close(own)
+        _netns.leave(own)  # raises when the thread cannot go back: it must not go on in the wrong namespace
 
 
 def list_netns() -> set[str]:

@@ -15,6 +15,7 @@ from enum import StrEnum
 
 import structlog
 
+from wrenn.agent._netns import NETNS_DIR
 from wrenn.agent.network import _host, _nft
 from wrenn.agent.network._errors import HostCommandFailed
 from wrenn.agent.network._plan import (
@@ -169,7 +170,7 @@ class NetworkManager:
                     "add",
                     ifname=addrs.host_link,
                     kind="veth",
-                    peer={"ifname": PEER, "net_ns_fd": str(_host.NETNS_DIR / addrs.netns)},
+                    peer={"ifname": PEER, "net_ns_fd": str(NETNS_DIR / addrs.netns)},
                 )
                 host_index = _host.link_index(ipr, addrs.host_link)
                 if host_index is None:

@@ -61,9 +61,8 @@ class VMState(enum.StrEnum):
 EXITED_STATES = frozenset({VMState.STOPPED, VMState.CRASHED})
 
 Placement = Callable[[int], Awaitable[None]]
-"""Called with the VMM's pid after spawn and before the guest runs (e.g. to move it into a cgroup). A driver may
-also call it earlier with the pid of a process the VMM is forked from (QEMU's ``-daemonize`` parent), so it must
-be idempotent and must accept a pid that has exited meanwhile by raising."""
+"""Called once with the VMM's pid after spawn and before the guest runs (e.g. to move it into a cgroup), possibly
+while the VMM is still initialising; it must accept a pid that has exited meanwhile by raising."""
 
 
 @runtime_checkable

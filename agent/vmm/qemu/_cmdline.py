@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from wrenn.agent.vmm._config import TapNetwork, UserNetwork, VMConfig
+from wrenn.agent.vmm._config import UserNetwork, VMConfig
 from wrenn.protocol.agent import Accelerator
 
 QMP_SOCKET = "qmp.sock"
 PIDFILE = "vmm.pid"
+QMP_FD = 3
+"""The fd QEMU finds its QMP socket on: bound and listening at `QMP_SOCKET` by the driver before the spawn."""
+INCOMING_FD = 4
+"""The fd of a restore's snapshot state, opened by the driver before the spawn and named in ``migrate-incoming``."""
 CONSOLE_LOG = "console.log"
 VMM_LOG = "vmm.log"
 ROOTFS_DEVICE = "rootfs"
@@ -61,10 +65,13 @@ def build_argv(
     incoming: bool = False,
     incoming_configuration: bool = True,
 ) -> list[str]:
-    """The full argv (including ``ip netns exec`` for TAP networks) that spawns `config`'s VMM, paused (-S).
+    """The full argv that spawns `config`'s VMM, paused (-S), with QMP on fd `QMP_FD` (a listening socket).
 
-    `incoming_configuration=False`: the incoming stream is device state only (``xen-save-devices-state``), which
-    has no configuration section; QEMU must not expect one."""
+    `incoming`: a restore — QEMU waits for ``migrate-incoming`` (``-incoming defer``: the stream is named only
+    once QMP is negotiated, so no ``MIGRATION`` event can cut into the negotiation) and sends ``MIGRATION`` events
+    from the start (no capability round trip). `incoming_configuration=False`: the stream is device state only
+    (``xen-save-devices-state``), which has no configuration section; QEMU must not expect one. A TAP network's
+    namespace is not part of the argv: the driver spawns the process inside it."""
     run = config.run_dir
     cmdline = config.kernel_cmdline
     if accel is Accelerator.TCG and tsc_khz:
@@ -110,17 +117,16 @@ def build_argv(
         f"file,id=console,path={run / CONSOLE_LOG}",
         "-serial",
         "chardev:console",
-        "-qmp",
-        f"unix:{run / QMP_SOCKET},server=on,wait=off",
+        "-chardev",
+        f"socket,id=qmp,fd={QMP_FD},server=on,wait=off",
+        "-mon",
+        "chardev=qmp,mode=control",
         "-pidfile",
         str(run / PIDFILE),
-        "-daemonize",
         "-S",
     ]
     if incoming:
-        argv += ["-incoming", "defer"]
+        argv += ["-incoming", "defer", "-global", "migration.x-events=on"]
         if not incoming_configuration:
             argv += ["-global", "migration.send-configuration=off"]
-    if isinstance(config.network, TapNetwork):
-        argv = ["ip", "netns", "exec", config.network.netns, *argv]
     return argv

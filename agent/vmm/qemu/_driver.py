@@ -1,9 +1,10 @@
-"""The QEMU microvm driver: spawns ``qemu-system-x86_64 -M microvm`` daemonized and paused, drives it over QMP.
+"""The QEMU microvm driver: spawns ``qemu-system-x86_64 -M microvm`` paused, drives it over QMP.
 
-Start: write ``vm.json``, spawn with ``-daemonize -S`` (QEMU's parent process exits only once the machine is
-built, so a zero exit means the QMP socket and pidfile exist; a non-zero exit carries the reason on stderr),
-connect QMP, call `placement(pid)`, then ``cont``. Exit is watched with a pidfd, so adopted VMMs are watched the
-same way as ones we spawned.
+Start: write ``vm.json``, bind the QMP socket, spawn QEMU with ``-S`` in its own session (inside the sandbox's
+network namespace) handing it the listening socket as an fd, and — a restore — the snapshot's state on another;
+connect QMP at once (QEMU answers once it has initialised; if it exits instead, its log says why) while
+`placement(pid)` runs; wait until the state is loaded; ``cont``. Exit is watched with a pidfd, so adopted VMMs are
+watched the same way as ones we spawned.
 """
 
 from __future__ import annotations
@@ -12,15 +13,18 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from qemu.qmp import ExecuteError, QMPClient, QMPError
 
-from wrenn.agent.vmm._config import DiskFormat, SnapshotInfo, VMConfig
+from wrenn.agent._tasks import cancel_and_wait
+from wrenn.agent.vmm._config import DiskFormat, SnapshotInfo, TapNetwork, VMConfig
 from wrenn.agent.vmm._errors import AdoptFailed, SnapshotError, StartFailed, VMMError, VMStateError
 from wrenn.agent.vmm._errors import QMPError as VMMQMPError
 from wrenn.agent.vmm._handle import ProcessHandle
@@ -30,15 +34,27 @@ from wrenn.agent.vmm._process import (
     kill_and_wait,
     read_pidfile,
     remove_files,
+    spawn_in_netns,
     tail,
+    wait_pid_exit,
 )
 from wrenn.agent.vmm.qemu._accel import AcceleratorDetector, AcceleratorReport
 from wrenn.agent.vmm.qemu._chain import backing_chain, chain_contains
-from wrenn.agent.vmm.qemu._cmdline import PIDFILE, QMP_SOCKET, ROOTFS_DEVICE, VMM_LOG, build_argv, host_tsc_khz
+from wrenn.agent.vmm.qemu._cmdline import (
+    INCOMING_FD,
+    PIDFILE,
+    QMP_FD,
+    QMP_SOCKET,
+    ROOTFS_DEVICE,
+    VMM_LOG,
+    build_argv,
+    host_tsc_khz,
+)
 from wrenn.agent.vmm.qemu._memory import build_memory_file, ram_mapping, sync_file
 from wrenn.protocol.agent import Accelerator
 
 _log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 SNAPSHOT_STATE = "state"
 SNAPSHOT_MANIFEST = "snapshot.json"
@@ -176,11 +192,14 @@ class QemuVM(ProcessHandle):
         return frozen
 
 
-async def _migrate(client: QMPClient, command: str, arguments: dict[str, Any], limit: float) -> None:
+async def _migrate(
+    client: QMPClient, command: str, arguments: dict[str, Any], limit: float, *, events_on: bool = False
+) -> None:
     """Start a migration (outgoing ``migrate`` or ``migrate-incoming``) and wait for its ``MIGRATION`` event
-    with status ``completed``. The ``events`` capability makes QEMU send them; the listener is registered before
-    the command, so no event can slip by."""
-    await _qmp(client, "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]})
+    with status ``completed``. The ``events`` capability makes QEMU send them (`events_on`: already on, from its
+    command line); the listener is registered before the command, so no event can slip by."""
+    if not events_on:
+        await _qmp(client, "migrate-set-capabilities", {"capabilities": [{"capability": "events", "state": True}]})
     with client.listener("MIGRATION") as listener:
         await _qmp(client, command, arguments)
         async with asyncio.timeout(limit):
@@ -194,23 +213,37 @@ async def _migrate(client: QMPClient, command: str, arguments: dict[str, Any], l
                     raise VMMQMPError(command, arguments, info, f"migration {status}: {info.get('error-desc', '')}")
 
 
-async def _incoming_from_file(client: QMPClient, state: Path) -> None:
-    """Load a migration stream from `state`: the open file is handed to QEMU over QMP (``getfd``) and read as
-    ``fd:`` (QEMU reads a non-socket fd as a file channel), saving the ``/bin/sh`` + ``cat`` that ``exec:cat``
-    forks from the QEMU process (a fork of a process mapping the guest's RAM: ~5 ms here)."""
+async def _incoming(client: QMPClient, limit: float) -> None:
+    """Load the snapshot state QEMU was given as fd `INCOMING_FD` at its spawn: ``migrate-incoming fd:<number>``
+    (QEMU reads a non-socket fd as a file channel; ``MIGRATION`` events are on from its command line). No
+    ``getfd`` round trip, and no ``exec:cat``, which forks ``/bin/sh`` + ``cat`` from the QEMU process (a fork of a
+    process mapping the guest's RAM: ~5 ms here)."""
+    await _migrate(client, "migrate-incoming", {"uri": f"fd:{INCOMING_FD}"}, limit, events_on=True)
+
+
+async def _unless_exited(config: VMConfig, exited: asyncio.Future[None], step: Coroutine[Any, Any, T]) -> T:
+    """Run `step`, but end with StartFailed (and the VMM's log) as soon as the QEMU process is gone: a QEMU that
+    fails to start or to load a stream exits, and its socket may then say nothing at all."""
+    task = asyncio.ensure_future(step)
+    either: list[asyncio.Future[Any]] = [task, exited]
     try:
-        fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise SnapshotError(f"cannot open the snapshot state {state}: {exc.strerror}") from exc
-    try:
-        client.send_fd_scm(fd)
-        await _qmp(client, "getfd", {"fdname": _INCOMING_FD})
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+        if task.done() and not task.cancelled() and task.exception() is not None and not exited.done():
+            await asyncio.wait([exited], timeout=1.0)  # a socket that failed because QEMU is ending: say why
     finally:
-        os.close(fd)  # QEMU holds its own copy now
-    await _migrate(client, "migrate-incoming", {"uri": f"fd:{_INCOMING_FD}"}, limit=120)
+        if not task.done():
+            await cancel_and_wait(task, ignore=(Exception,))
+    if exited.done() and (task.cancelled() or task.exception() is not None):
+        raise StartFailed(config.vm_id, "QEMU exited while starting", tail(config.run_dir / VMM_LOG))
+    return task.result()
 
 
-_INCOMING_FD = "wrenn-incoming"
+class _PlacementFailed(Exception):
+    """Carries the placement's own error out of `QemuDriver._until_started` (it propagates as it is)."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 @dataclass(frozen=True)
@@ -349,27 +382,28 @@ class QemuDriver:
         log = _log.bind(vm_id=config.vm_id, accelerator=accel.value)
         pid: int | None = None
         client: QMPClient | None = None
-        placing = False
+        exited: asyncio.Future[None] | None = None
         try:
-            pid = await self._spawn(config, argv, placement)
+            pid = await self._spawn(config, argv, snapshot.snapshot / SNAPSHOT_STATE if snapshot is not None else None)
+            exited = asyncio.ensure_future(wait_pid_exit(pid))
             client = QMPClient(f"wrenn-{config.vm_id}")
-            await client.connect(str(run / QMP_SOCKET))
-            if placement is not None:
-                placing = True
-                await placement(pid)
-                placing = False
+            await self._until_started(config, pid, client, placement, exited)
             if snapshot is not None:
                 if config.memory_file is not None and not snapshot.devices_only:
                     # A migration stream of file-backed RAM written before device-only snapshots: RAM skipped.
                     caps = [{"capability": "x-ignore-shared", "state": True}]
                     await _qmp(client, "migrate-set-capabilities", {"capabilities": caps})
-                await _incoming_from_file(client, snapshot.snapshot / SNAPSHOT_STATE)
+                await _unless_exited(config, exited, _incoming(client, limit=120))
             await _qmp(client, "cont")
         except BaseException as exc:
             await asyncio.shield(self._rollback(config, pid, client))
-            if placing or isinstance(exc, StartFailed) or not isinstance(exc, Exception):
-                raise  # placement's own error propagates as documented; cancellation is never swallowed
+            if isinstance(exc, _PlacementFailed):
+                raise exc.error from None  # placement's own error propagates as documented
+            if isinstance(exc, StartFailed) or not isinstance(exc, Exception):
+                raise  # cancellation is never swallowed
             raise StartFailed(config.vm_id, type(exc).__name__, str(exc) or tail(run / VMM_LOG)) from exc
+        finally:
+            await cancel_and_wait(exited)
         log.info("VM running", pid=pid, restored=snapshot is not None)
         return QemuVM(config, pid, client, VMState.RUNNING)
 
@@ -380,45 +414,58 @@ class QemuDriver:
             if path is not None and not path.is_file():
                 raise StartFailed(config.vm_id, f"{what} {path} is not a file")
 
-    async def _spawn(self, config: VMConfig, argv: list[str], placement: Placement | None) -> int:
-        """Spawn QEMU and wait until ``-daemonize`` returns; the daemon's pid.
+    async def _spawn(self, config: VMConfig, argv: list[str], state: Path | None) -> int:
+        """Bind the QMP socket, open the snapshot `state` (a restore) and spawn QEMU with both as fds `QMP_FD` and
+        `INCOMING_FD` (inside the sandbox's namespace for a TAP network); its pid.
 
-        The spawned process is placed at once, while QEMU initialises: the daemon it forks early in its start
-        inherits the group, so the move (on cgroup v1 an RCU grace period, 10-15 ms here) overlaps QEMU's own
-        start instead of following it. `_launch` places the daemon's pid afterwards all the same (a no-op when it
-        is inside already, and the move when the fork came first); a failure of this early placement is left to
-        that one to report."""
+        The socket is bound and listening before QEMU exists, so the agent connects at once and QEMU answers as soon
+        as it has initialised: no waiting for a ``-daemonize`` parent to exit, no polling for a socket file. QEMU is
+        not daemonized: it runs in its own session (it outlives the agent) and is its child until the agent ends."""
         run = config.run_dir
-        with (run / VMM_LOG).open("ab") as log_file:
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=log_file
-            )
-        early = asyncio.ensure_future(placement(proc.pid)) if placement is not None else None
+        with contextlib.ExitStack() as own:
+            try:
+                listener = own.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+                listener.bind(str(run / QMP_SOCKET))
+                listener.listen(4)
+                fds = {QMP_FD: listener.fileno()}
+                if state is not None:
+                    fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
+                    own.callback(os.close, fd)
+                    fds[INCOMING_FD] = fd
+            except OSError as exc:
+                what = "open the snapshot state" if state is not None and exc.filename == str(state) else "bind QMP"
+                raise StartFailed(config.vm_id, f"cannot {what}: {exc.strerror}", str(exc)) from exc
+            netns = config.network.netns if isinstance(config.network, TapNetwork) else None
+            # QEMU holds its own copies from here on; ours close on leaving.
+            return await spawn_in_netns(netns, argv, run / VMM_LOG, run / VMM_LOG, fds=fds)
+
+    async def _until_started(
+        self, config: VMConfig, pid: int, client: QMPClient, placement: Placement | None, exited: asyncio.Future[None]
+    ) -> None:
+        """Connect QMP (it answers once QEMU has initialised) while `placement` runs on the pid; StartFailed when
+        QEMU exits or takes longer than `spawn_timeout`, `_PlacementFailed` carrying the placement's own error."""
+        placed = asyncio.ensure_future(placement(pid)) if placement is not None else None
         try:
-            async with asyncio.timeout(self._spawn_timeout):
-                rc = await proc.wait()
-        except TimeoutError:
-            await kill_and_wait(proc.pid)
-            await proc.wait()
-            raise StartFailed(
-                config.vm_id, f"QEMU did not finish initialising in {self._spawn_timeout:.0f} s", tail(run / VMM_LOG)
-            ) from None
+            try:
+                async with asyncio.timeout(self._spawn_timeout):
+                    await _unless_exited(config, exited, client.connect(str(config.run_dir / QMP_SOCKET)))
+            except TimeoutError:
+                raise StartFailed(
+                    config.vm_id,
+                    f"QEMU did not finish initialising in {self._spawn_timeout:.0f} s",
+                    tail(config.run_dir / VMM_LOG),
+                ) from None
+            if placed is not None:
+                try:
+                    await placed
+                except Exception as exc:
+                    raise _PlacementFailed(exc) from exc
         finally:
-            if early is not None:
-                with contextlib.suppress(Exception):  # reported by the placement of the daemon's pid
-                    await early
-        if rc != 0:
-            raise StartFailed(config.vm_id, f"QEMU exited with status {rc}", tail(run / VMM_LOG))
-        pid = read_pidfile(run / PIDFILE)
-        if pid is None:
-            raise StartFailed(config.vm_id, "QEMU wrote no pidfile")
-        return pid
+            await cancel_and_wait(placed, ignore=(Exception,))
 
     async def _rollback(self, config: VMConfig, pid: int | None, client: QMPClient | None) -> None:
         """Undo a half-finished start: kill the VMM, close QMP, remove socket and pidfile. Bounded."""
-        if pid is None:
-            pid = read_pidfile(config.run_dir / PIDFILE)
-        if pid is not None and is_process_of(pid, str(config.run_dir / QMP_SOCKET)):
+        if pid is not None and is_process_of(pid, str(config.run_dir / PIDFILE)):
             with contextlib.suppress(TimeoutError):
                 await kill_and_wait(pid)
         if client is not None:
@@ -433,7 +480,7 @@ class QemuDriver:
         except (OSError, ValueError) as exc:
             raise AdoptFailed(f"no VM config in {run_dir}") from exc
         pid = read_pidfile(run_dir / PIDFILE)
-        if pid is None or not is_process_of(pid, str(run_dir / QMP_SOCKET)):
+        if pid is None or not is_process_of(pid, str(run_dir / PIDFILE)):
             raise AdoptFailed(f"no live QEMU for {config.vm_id} in {run_dir}")
         client = QMPClient(f"wrenn-{config.vm_id}")
         try:

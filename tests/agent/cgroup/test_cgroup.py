@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from wrenn.agent.cgroup import (
+    VMM_OVERHEAD_CPU_PCT,
     VMM_OVERHEAD_MB,
     CgroupManager,
     CgroupUnavailable,
@@ -73,7 +74,8 @@ def test_detect_without_hierarchies(tmp_path: Path) -> None:
 def test_limits_add_vmm_overhead() -> None:
     limits = Limits(vcpus=2, memory_mb=512)
     assert limits.memory_bytes == (512 + VMM_OVERHEAD_MB) * 1024 * 1024
-    assert limits.cpu_quota_us == 200_000
+    assert limits.cpu_quota_us == 200_000 + VMM_OVERHEAD_CPU_PCT * 1000
+    assert Limits(vcpus=2, memory_mb=512, vmm_overhead_cpu_pct=0).cpu_quota_us == 200_000
 
 
 async def test_create_place_usage_remove(cgroups: CgroupManager, sleeper: asyncio.subprocess.Process) -> None:
@@ -173,12 +175,13 @@ async def test_layout_on_a_stand_in_tree(tmp_path: Path, version: CgroupVersion)
     memory = str((100 + VMM_OVERHEAD_MB) * 1024 * 1024)
     if version is CgroupVersion.V2:
         group = tmp_path / "wrenn" / "sbx"
-        assert (group / "cpu.max").read_text() == "200000 100000"
+        assert (group / "cpu.max").read_text() == f"{200000 + VMM_OVERHEAD_CPU_PCT * 1000} 100000"
         assert (group / "memory.max").read_text() == memory
         assert (group / "pids.max").read_text() == "99"
         assert (tmp_path / "cgroup.subtree_control").read_text() == "+cpu +memory +pids"
     else:
-        assert (tmp_path / "cpu" / "wrenn" / "sbx" / "cpu.cfs_quota_us").read_text() == "200000"
+        quota = str(200000 + VMM_OVERHEAD_CPU_PCT * 1000)
+        assert (tmp_path / "cpu" / "wrenn" / "sbx" / "cpu.cfs_quota_us").read_text() == quota
         assert (tmp_path / "memory" / "wrenn" / "sbx" / "memory.limit_in_bytes").read_text() == memory
         assert (tmp_path / "pids" / "wrenn" / "sbx" / "pids.max").read_text() == "99"
     assert await manager.names() == {"sbx"}
@@ -186,7 +189,7 @@ async def test_layout_on_a_stand_in_tree(tmp_path: Path, version: CgroupVersion)
 
 async def test_adding_a_member_again_writes_nothing(tmp_path: Path) -> None:
     """`add` is idempotent without a write: a cgroup v1 move costs an RCU grace period even for a task already
-    inside, and the QEMU driver places a VMM twice (its -daemonize parent early, then the daemon)."""
+    inside, so a placement made again (a retried step) must not pay it twice."""
     for controller in ("cpu", "memory", "pids"):
         (tmp_path / controller).mkdir()
         (tmp_path / controller / "cgroup.procs").write_text("")

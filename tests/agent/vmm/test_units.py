@@ -56,16 +56,18 @@ def test_tcg_user_network_command_line(tmp_path: Path) -> None:
     (netdev,) = _opt(argv, "-netdev")
     assert "restrict=on" in netdev
     assert "hostfwd=tcp:127.0.0.1:40001-169.254.0.21:49983" in netdev
-    assert {"-S", "-daemonize", "-no-reboot", "-nodefaults"} <= set(argv)
-    assert _opt(argv, "-qmp") == [f"unix:{tmp_path / 'qmp.sock'},server=on,wait=off"]
+    assert {"-S", "-no-reboot", "-nodefaults"} <= set(argv)
+    assert "-daemonize" not in argv, "QEMU stays the process the driver spawned"
+    assert "socket,id=qmp,fd=3,server=on,wait=off" in _opt(argv, "-chardev"), "QMP on the socket the driver binds"
+    assert _opt(argv, "-mon") == ["chardev=qmp,mode=control"]
     assert _opt(argv, "-drive")[0].startswith(f"id=rootfs,file={tmp_path / 'disk.qcow2'},format=qcow2,")
     assert "-incoming" not in argv
 
 
-def test_kvm_tap_command_line_runs_in_the_netns(tmp_path: Path) -> None:
+def test_kvm_tap_command_line(tmp_path: Path) -> None:
     net = TapNetwork(netns="wrenn-ns-1", tap="tap1", mac="02:00:00:00:00:01")
     argv = build_argv(_config(tmp_path, network=net), binary="qemu", accel=Accelerator.KVM, tsc_khz=2445404)
-    assert argv[:5] == ["ip", "netns", "exec", "wrenn-ns-1", "qemu"]
+    assert argv[0] == "qemu", "the driver spawns QEMU inside the namespace itself: no `ip netns exec` first"
     assert _opt(argv, "-cpu") == ["host"]
     assert _opt(argv, "-append") == ["console=ttyS0 quiet"], "tsc_early_khz is a TCG-only workaround"
     assert _opt(argv, "-netdev") == ["tap,id=net0,ifname=tap1,script=no,downscript=no"]
@@ -86,6 +88,15 @@ def test_file_backed_memory(tmp_path: Path, share: bool, expected: str) -> None:
     assert _opt(argv, "-M") == ["microvm,accel=tcg,acpi=on,memory-backend=mem"]
     assert _opt(argv, "-object") == [f"memory-backend-file,id=mem,size=256M,mem-path={tmp_path / 'mem'},{expected}"]
     assert _opt(argv, "-incoming") == ["defer"]
+
+
+def test_a_restore_waits_for_its_stream_with_events_on(tmp_path: Path) -> None:
+    config = _config(tmp_path, memory_file=tmp_path / "mem")
+    argv = build_argv(
+        config, binary="qemu", accel=Accelerator.TCG, tsc_khz=None, incoming=True, incoming_configuration=False
+    )
+    assert _opt(argv, "-incoming") == ["defer"], "named over QMP once negotiated: no event cuts into negotiation"
+    assert {"migration.x-events=on", "migration.send-configuration=off"} <= set(_opt(argv, "-global"))
 
 
 def test_host_tsc_khz(tmp_path: Path) -> None:
