@@ -204,13 +204,16 @@ BodyType = bytes | AsyncIterator[bytes]
 
 
 class Response:
-    """Status, headers and a body: bytes, or an async iterator streamed with chunked encoding."""
+    """Status, headers and a body: bytes, or an async iterator streamed with chunked encoding. `after_sent` runs once
+    the response is written, before the connection's next request is read (and, as it does not await, before any
+    other request is handled); its exceptions are logged."""
 
     def __init__(self, status: int = 200, headers: Iterable[tuple[str, str]] = (), body: BodyType = b"") -> None:
         self.status = status
         self.headers = list(headers)
         self.body = body
         self.close_connection = False
+        self.after_sent: Callable[[], None] | None = None
 
     @classmethod
     def json(cls, obj: Any, status: int = 200, headers: Iterable[tuple[str, str]] = ()) -> Response:
@@ -351,7 +354,14 @@ class HttpServer:
                     keep_alive = await request._drain(MAX_DRAIN_BYTES)
                 except HttpError:
                     keep_alive = False
-            await _write_response(writer, response, keep_alive=keep_alive)
+            try:
+                await _write_response(writer, response, keep_alive=keep_alive)
+            finally:
+                if response.after_sent is not None:
+                    try:
+                        response.after_sent()
+                    except Exception:  # noqa: BLE001 - the answer is out: log it, serve on
+                        _log.exception("after %s %s", request.method, request.path)
             if not keep_alive or request.pipelined:
                 return
 

@@ -122,6 +122,34 @@ async def test_create_run_echo_write_read_destroy_leaves_nothing(
         pytest.skip("envd checks need the built base image (`wrenn image build base`); lifecycle checked")
 
 
+async def test_a_restored_guest_runs_on_the_hosts_clock(
+    manager: SandboxManager, image: tuple[AgentImage, bool], data_dir: Path
+) -> None:
+    """The warm snapshot's guest wakes up at the time of the snapshot; /init sets its clock (after answering: the
+    clock must still be right for the first command)."""
+    if not image[1]:
+        pytest.skip("needs the built base image's envd (`wrenn image build base`)")
+    first = await manager.create(CreateSandbox(sandbox_id=sid("k", 1), template="base"))  # the snapshot exists now
+    made = time.time()
+    await manager.destroy(first.sandbox_id)
+    # Precondition, not readiness: the snapshot must be older than the tolerance, or a guest that kept the
+    # snapshot's clock would pass too.
+    await asyncio.sleep(max(0.0, 3.0 - (time.time() - made)))
+    info = await manager.create(CreateSandbox(sandbox_id=sid("k", 2), template="base"))
+    try:
+        record = StateStore(data_dir / "sandboxes").load(info.sandbox_id)
+        assert record is not None
+        assert record.restored, "made from the warm snapshot"
+        before = time.time()
+        out, code = await run_command(info.envd_address, "/bin/date", ["+%s.%N"])
+        after = time.time()
+        assert code == 0
+        guest = float(out)
+        assert before - 1.0 <= guest <= after + 1.0, f"guest clock {guest:.3f}, host {before:.3f}..{after:.3f}"
+    finally:
+        await manager.destroy(info.sandbox_id)
+
+
 async def test_ten_concurrent_creates(manager: SandboxManager, settings: AgentSettings, data_dir: Path) -> None:
     before = census(data_dir, settings.resource_prefix)
     requests = [CreateSandbox(sandbox_id=sid("c", n), template="base") for n in range(10)]

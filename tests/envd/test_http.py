@@ -225,3 +225,44 @@ async def test_any_chunking_of_a_body_arrives_intact(body: bytes, cuts: list[int
         results = await exchange(srv.port, raw, responses=2)
     expected = hashlib.sha256(body).hexdigest().encode()
     assert [(status, got) for status, _, got in results] == [(200, expected), (200, expected)]
+
+
+async def test_after_sent_runs_before_the_next_request_and_its_error_is_only_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`Response.after_sent` (envd's /init sets the clock there): run once the answer is written, before the next
+    request is read; an exception in it is logged and the connection serves on."""
+    ran: list[str] = []
+    router = Router(Token())
+
+    async def later(request: Request) -> Response:
+        response = Response(200, body=b"first")
+        response.after_sent = lambda: ran.append(request.path)
+        return response
+
+    async def broken(request: Request) -> Response:
+        response = Response(200, body=b"still answered")
+
+        def fail() -> None:
+            raise RuntimeError("after-sent failure")
+
+        response.after_sent = fail
+        return response
+
+    async def count(request: Request) -> Response:
+        return Response.json({"ran": list(ran)})
+
+    router.route("GET", "/later", later)
+    router.route("GET", "/broken", broken)
+    router.route("GET", "/count", count)
+    async with HttpServer(router) as srv:
+        await srv.start("127.0.0.1", 0)
+        pipelined = b"GET /later HTTP/1.1\r\n\r\nGET /count HTTP/1.1\r\n\r\n"
+        results = await exchange(srv.port, pipelined, responses=2)
+        assert [r[2] for r in results[:1]] == [b"first"]
+        assert json.loads(results[1][2]) == {"ran": ["/later"]}, "done before the request after it was handled"
+        with caplog.at_level("ERROR", logger="envd.http"):
+            results = await exchange(srv.port, b"GET /broken HTTP/1.1\r\n\r\nGET /count HTTP/1.1\r\n\r\n", responses=2)
+        assert [r[0] for r in results] == [200, 200]
+        assert results[0][2] == b"still answered"
+        assert "after-sent failure" in caplog.text

@@ -79,7 +79,17 @@ def test_init_with_timestamp_succeeds_without_touching_the_clock(http: httpx.Cli
     far_past = "2001-01-01T00:00:00Z"
     assert http.post("/init", json={"timestamp": far_past}).status_code == 204
     assert http.post("/init", json={"timestamp": "garbage"}).status_code == 204
+    assert http.post("/init", json={"timestamp": 978307200.5}).status_code == 204, "a number, as Wrenn's agent sends"
     assert time.time() >= before  # envd runs without --set-clock in tests: the host clock is untouched
+
+
+def test_init_takes_a_padded_or_blank_body(http: httpx.Client) -> None:
+    assert http.post("/init", content=b' \n {"envVars": {"P": "1"}} \r\n').status_code == 204
+    assert http.get("/envs").json() == {"P": "1"}
+    assert http.post("/init", content=b"  ").status_code == 204, "blank: no settings"
+    assert http.get("/envs").json() == {"P": "1"}
+    assert http.post("/init", json={"envVars": {}}).status_code == 204
+    assert http.get("/envs").json() == {}
 
 
 @pytest.mark.parametrize(
@@ -87,6 +97,8 @@ def test_init_with_timestamp_succeeds_without_touching_the_clock(http: httpx.Cli
     [
         (b"[1]", "body must be a JSON object"),
         (b"{bad", "invalid JSON"),
+        (b"{} {}", "invalid JSON: extra data"),
+        (b"\xff{}", "invalid JSON"),
         (b'{"envVars": {"A": 1}}', "envVars must map strings to strings"),
         (b'{"defaultUser": "no-such-user-here"}', "defaultUser 'no-such-user-here' does not exist"),
         (b'{"accessToken": 5}', "accessToken must be a string"),
