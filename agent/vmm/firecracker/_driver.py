@@ -1,6 +1,6 @@
 """The Firecracker driver: the ``firecracker`` binary with ``--api-sock``, configured over its HTTP API.
 
-Start: spawn ``firecracker --api-sock run/api.sock --id <vm>`` (inside the netns via ``ip netns exec``; its own
+Start: spawn ``firecracker --api-sock run/api.sock --id <vm>`` (inside the netns: `spawn_in_netns`; its own
 session, so it outlives the agent), wait until the API answers ``GET /``, call `placement(pid)` (no guest exists
 before InstanceStart), then PUT /machine-config, /boot-source, /drives/rootfs, /network-interfaces/eth0 and
 PUT /actions InstanceStart. The guest's serial console is Firecracker's stdout: ``run/console.log``.
@@ -34,7 +34,7 @@ from wrenn.agent.vmm._process import (
     kill_and_wait,
     read_pidfile,
     remove_files,
-    spawn_detached,
+    spawn_in_netns,
     tail,
     wait_pid_exit,
 )
@@ -203,7 +203,7 @@ class FirecrackerDriver:
         api = FirecrackerAPI(run / API_SOCKET)
         placing = False
         try:
-            pid = self._spawn(config)
+            pid = await self._spawn(config)
             await self._wait_api(config, pid, api)
             if placement is not None:
                 placing = True
@@ -234,13 +234,12 @@ class FirecrackerDriver:
         _log.info("VM running", vm_id=config.vm_id, pid=pid, restored=snapshot is not None)
         return FirecrackerVM(config, pid, api, VMState.RUNNING)
 
-    def _spawn(self, config: VMConfig) -> int:
+    async def _spawn(self, config: VMConfig) -> int:
         run = config.run_dir
         # Firecracker's instance ids are alphanumerics and hyphens; ours may also hold underscores.
         argv = [self._binary, "--api-sock", str(run / API_SOCKET), "--id", config.vm_id.replace("_", "-")]
         assert isinstance(config.network, TapNetwork)
-        argv = ["ip", "netns", "exec", config.network.netns, *argv]
-        pid = spawn_detached(argv, stdout=run / CONSOLE_LOG, stderr=run / VMM_LOG)
+        pid = await spawn_in_netns(config.network.netns, argv, stdout=run / CONSOLE_LOG, stderr=run / VMM_LOG)
         (run / PIDFILE).write_text(f"{pid}\n")
         return pid
 
