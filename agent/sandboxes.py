@@ -274,7 +274,7 @@ class SandboxManager:
         sandbox = _Sandbox(record)
         self._sandboxes[sandbox_id] = sandbox
         self._forgotten.discard(sandbox_id)
-        async with sandbox.lock:
+        async with sandbox.lock, self._pool.creating():
             try:
                 started = asyncio.get_running_loop().time()
                 if snapshot is not None:

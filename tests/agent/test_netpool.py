@@ -89,7 +89,7 @@ async def test_failing_preparation_backs_off_and_leaves_nothing(env: Env) -> Non
     env.resources.fail_at = "prepare"
     async with env.manager(pool=2) as manager:
         await manager.network_pool.settled()  # returns while it backs off
-        assert manager.network_pool.ready == ()
+        assert not manager.network_pool.ready, "the prepared slot went to the create"
         assert pool_file(env) == []
         info = await manager.create(CreateSandbox(sandbox_id=sid(1), template="base"))
         assert sid(1) not in env.resources.taken  # set up by the create itself
@@ -178,3 +178,59 @@ async def test_close_during_a_preparation_waits_for_it_then_undoes_it(env: Env) 
     await asyncio.wait_for(closing, 30)
     env.nothing_left()
     assert pool_file(env) == []
+
+
+class HeldDisk(FakeResources):
+    """`create_disk` waits for `release`: a create held in the middle, with its slot taken from the pool."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held = asyncio.Event()
+        self.release = asyncio.Event()
+        self.preparations = 0
+
+    async def prepare_network(self, slot: int) -> None:
+        self.preparations += 1
+        await super().prepare_network(slot)
+
+    async def create_disk(self, base: Path, base_format: str, dest: Path, size_mb: int) -> None:
+        self.held.set()
+        await self.release.wait()
+        await super().create_disk(base, base_format, dest, size_mb)
+
+
+async def test_the_refill_waits_for_the_running_create(env: Env) -> None:
+    """A slot's setup (~70 ms of ip/nft) is not started while a create runs: it would compete with its VMM."""
+    env.resources = resources = HeldDisk()
+    async with env.manager(pool=1) as manager:
+        await manager.network_pool.settled()
+        assert resources.preparations == 1
+        create = asyncio.create_task(manager.create(CreateSandbox(sandbox_id=sid(1), template="base")))
+        await asyncio.wait_for(resources.held.wait(), 30)
+        for _ in range(20):
+            await asyncio.sleep(0)  # give the refill every chance to start
+        assert resources.preparations == 1, "no slot prepared while the create runs"
+        assert not manager.network_pool.ready, "the prepared slot went to the create"
+        resources.release.set()
+        await asyncio.wait_for(create, 30)
+        await manager.network_pool.settled()
+        assert resources.preparations == 2
+        assert len(manager.network_pool.ready) == 1
+        await manager.destroy(sid(1))
+    env.nothing_left()
+
+
+async def test_a_long_create_does_not_starve_the_refill(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("wrenn.agent._netpool.QUIET_LIMIT", 0.05)
+    env.resources = resources = HeldDisk()
+    async with env.manager(pool=1) as manager:
+        await manager.network_pool.settled()
+        create = asyncio.create_task(manager.create(CreateSandbox(sandbox_id=sid(1), template="base")))
+        await asyncio.wait_for(resources.held.wait(), 30)
+        await asyncio.wait_for(manager.network_pool.settled(), 30)  # refilled though the create still runs
+        assert not create.done()
+        assert resources.preparations == 2
+        resources.release.set()
+        await asyncio.wait_for(create, 30)
+        await manager.destroy(sid(1))
+    env.nothing_left()
