@@ -51,14 +51,15 @@ class EnvdClient:
         self,
         address: str,
         *,
-        env_vars: dict[str, str],
+        env_vars: dict[str, str] | None,
         access_token: str | None,
         current_token: str | None = None,
         ready_limit: float | None = None,
     ) -> None:
         """``POST /init``. A guest without the endpoint (404: a development guest, not envd) is accepted with a
         warning; any other failure fails the create. `current_token` is the token the guest's envd already holds (a
-        restore from a sandbox's snapshot): envd lets only its holder change settings.
+        restore from a sandbox's snapshot): envd lets only its holder change settings. `env_vars` None sends none:
+        the guest keeps the ones it has (the caller knows they are the wanted ones).
 
         With `ready_limit`, ``/init`` is also the readiness probe (a restore: envd was listening when the snapshot
         was taken, so its first answer can be the init's and the ``/health`` round trip is saved): attempts that
@@ -66,7 +67,9 @@ class EnvdClient:
         until `ready_limit` seconds have passed."""
         # The clock as a number (envd takes RFC 3339 strings too, as E2B's sends): a restored guest's first request
         # is this one, and under TCG parsing a date string there costs milliseconds of first-time translation.
-        body: dict[str, object] = {"envVars": env_vars, "timestamp": time.time()}
+        body: dict[str, object] = {"timestamp": time.time()}
+        if env_vars is not None:
+            body["envVars"] = env_vars
         if access_token is not None:
             body["accessToken"] = access_token
         # A fresh connection each time: clones reuse guest addresses, and a pooled keep-alive connection to an

@@ -281,7 +281,7 @@ class SandboxManager:
                     warm: WarmSnapshot | None = snapshot[1]
                 else:
                     warm = await self._templates.get(image, request.vcpus, request.memory_mb)
-                await self._build(sandbox, image, warm, prepared=prepared)
+                await self._build(sandbox, image, warm, prepared=prepared, from_snapshot=snapshot is not None)
                 record.state = SandboxState.RUNNING
                 await self._save(record, durable=False)
                 log.info(
@@ -303,7 +303,9 @@ class SandboxManager:
         if used + request.memory_mb > total:
             raise Exhausted(f"host memory exhausted: {used} of {total} MiB in use, {request.memory_mb} asked")
 
-    async def _build(self, sandbox: _Sandbox, image: AgentImage, warm: WarmSnapshot | None, *, prepared: bool) -> None:
+    async def _build(
+        self, sandbox: _Sandbox, image: AgentImage, warm: WarmSnapshot | None, *, prepared: bool, from_snapshot: bool
+    ) -> None:
         record = sandbox.record
         request = record.request
         assert record.slot is not None
@@ -340,7 +342,9 @@ class SandboxManager:
         record.steps.append(Step.INIT)
         await self._envd.init(
             record.envd_address or "",
-            env_vars=request.env_vars,
+            # A booted guest's envd and a warm template's (its /init had none) hold no env vars: sending an empty
+            # map changes nothing there, and costs the restored guest ms of first-time work under TCG.
+            env_vars=request.env_vars if request.env_vars or from_snapshot else None,
             access_token=request.envd_access_token,
             current_token=self._snapshots.guest_token(warm.key) if warm is not None else None,
             ready_limit=self._limits.ready_restore if warm is not None else None,

@@ -34,7 +34,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -163,8 +162,9 @@ async def bare_launch(
 
 async def _post_init(client: httpx.AsyncClient, address: str) -> None:
     """The readiness a sandbox needs after a restore, done by hand: ``POST /init`` with the clock (the snapshot's
-    guest wakes up in the past) and the env vars, retried while the guest does not accept yet."""
-    body = {"envVars": {}, "timestamp": datetime.now(UTC).isoformat()}
+    guest wakes up in the past), retried while the guest does not accept yet — the body the agent sends for a
+    create without env vars from a warm template."""
+    body = {"timestamp": time.time()}
     async with asyncio.timeout(LIMIT):
         while True:
             try:

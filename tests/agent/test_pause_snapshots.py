@@ -4,6 +4,7 @@ snapshot, a snapshot backing live sandboxes cannot be deleted, and the agent rou
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import falcon.testing
 import pytest
@@ -75,3 +76,28 @@ async def test_agent_snapshot_routes(short_tmp: Path) -> None:
         assert (await conductor.simulate_delete("/v1/snapshots/s1")).status_code == 204
         assert (await conductor.simulate_delete("/v1/snapshots/s1")).status_code == 404
         assert (await conductor.simulate_delete(f"/v1/sandboxes/{sandbox_id}")).status_code == 204
+
+
+async def test_env_vars_are_sent_unless_the_guest_has_the_wanted_ones(env: Env) -> None:
+    """A warm template's guest holds no env vars, so an empty map is not sent (it costs a restored guest's first
+    request under TCG); a snapshot's guest holds its source's, so there even an empty map is sent, to clear them."""
+    async with env.manager() as manager:
+        sent: dict[str, object] = {}
+        init = manager._envd.init
+
+        async def recording(address: str, **kwargs: Any) -> None:
+            sent[address] = kwargs["env_vars"]
+            await init(address, **kwargs)
+
+        manager._envd.init = recording  # type: ignore[method-assign]
+        plain = await manager.create(CreateSandbox(sandbox_id=sid(1), template="base"))
+        with_env = await manager.create(CreateSandbox(sandbox_id=sid(2), template="base", env_vars={"A": "1"}))
+        await manager.snapshot(sid(2), "snapenv")
+        clone = await manager.create(CreateSandbox(sandbox_id=sid(3), template="snapenv"))
+        assert sent[plain.envd_address] is None
+        assert sent[with_env.envd_address] == {"A": "1"}
+        assert sent[clone.envd_address] == {}, "clears what the snapshot's guest had"
+        for n in (1, 2, 3):
+            await manager.destroy(sid(n))
+        await manager.delete_snapshot("snapenv")
+    env.nothing_left()
