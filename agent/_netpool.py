@@ -19,7 +19,7 @@ The pool never holds more than ``size`` slots, prepared or being prepared; ``siz
 The refill yields to creates: while any create runs (`creating`), it waits before each slot — up to `QUIET_LIMIT`
 seconds, so a steady stream of creates cannot starve it. A slot's setup is ~70 ms of ``ip``/``nft`` processes and
 netlink work; started the moment a create took a slot, it ran beside that create's VMM and guest and slowed them
-(on a 2-core host: ~10 ms of a ~200 ms TCG restore).
+(measured on a 2-core host: docs/benchmarks.md).
 """
 
 from __future__ import annotations

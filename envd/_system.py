@@ -41,7 +41,7 @@ def register(router: Router, state: State, settings: Settings) -> None:
         timestamp = _apply_init(request, data, state, settings)
         response = Response(204)
         if timestamp is not None:
-            # Set once the answer is on its way (the clock is ~2 ms of the first /init after a restore under TCG):
+            # Set once the answer is on its way (milliseconds of the first /init after a restore under TCG):
             # still before envd reads any other request, so nothing after this /init sees the old clock.
             response.after_sent = lambda: _sync_clock(timestamp, settings)
         return response

@@ -427,14 +427,16 @@ class QemuDriver:
                 listener = own.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
                 listener.bind(str(run / QMP_SOCKET))
                 listener.listen(4)
-                fds = {QMP_FD: listener.fileno()}
-                if state is not None:
-                    fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
-                    own.callback(os.close, fd)
-                    fds[INCOMING_FD] = fd
             except OSError as exc:
-                what = "open the snapshot state" if state is not None and exc.filename == str(state) else "bind QMP"
-                raise StartFailed(config.vm_id, f"cannot {what}: {exc.strerror}", str(exc)) from exc
+                raise StartFailed(config.vm_id, f"cannot listen on {run / QMP_SOCKET}", str(exc)) from exc
+            fds = {QMP_FD: listener.fileno()}
+            if state is not None:
+                try:
+                    fd = os.open(state, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise StartFailed(config.vm_id, f"cannot open the snapshot state {state}", str(exc)) from exc
+                own.callback(os.close, fd)
+                fds[INCOMING_FD] = fd
             netns = config.network.netns if isinstance(config.network, TapNetwork) else None
             # QEMU holds its own copies from here on; ours close on leaving.
             return await spawn_in_netns(netns, argv, run / VMM_LOG, run / VMM_LOG, fds=fds)

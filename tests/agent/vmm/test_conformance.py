@@ -241,8 +241,10 @@ async def test_restore_from_a_damaged_state_stream_fails_cleanly(vmm: Harness, d
             f.truncate(state.stat().st_size // 2)
     assert info.disk is not None
     clone = vmm.config(backing=info.disk)
-    with pytest.raises(StartFailed):
+    with pytest.raises(StartFailed) as caught:
         await vmm.driver.restore(clone, info.directory)
+    if damage == "missing":
+        assert "snapshot state" in caught.value.reason
     assert_nothing_left(clone.run_dir)
 
 
