@@ -1,5 +1,5 @@
-"""The agent's side of envd: readiness (``GET /health`` 204), ``POST /init`` (env vars, access token, clock) and
-``POST /sync`` (the guest's dirty pages to its disk, before a pause that keeps only the disk).
+"""The agent's side of envd: readiness (``GET /health`` 204, or ``/init`` itself), ``POST /init`` (env vars, access
+token, clock) and ``POST /sync`` (the guest's dirty pages to its disk, before a pause that keeps only the disk).
 
 envd is reached over the sandbox's own network at its host-reachable address. ``/init`` matters after a restore
 from a warm snapshot: the guest's clock stopped when the snapshot was taken and its env/token are the template's.
@@ -61,10 +61,11 @@ class EnvdClient:
         restore from a sandbox's snapshot): envd lets only its holder change settings. `env_vars` None sends none:
         the guest keeps the ones it has (the caller knows they are the wanted ones).
 
-        With `ready_limit`, ``/init`` is also the readiness probe (a restore: envd was listening when the snapshot
-        was taken, so its first answer can be the init's and the ``/health`` round trip is saved): attempts that
-        never reached envd (connection refused or connect timed out) are repeated every `READY_INTERVAL` seconds
-        until `ready_limit` seconds have passed."""
+        With `ready_limit`, ``/init`` is also the readiness probe, so its first answer is the init's and no
+        ``/health`` round trip comes first (after a restore envd was listening when the snapshot was taken; after a
+        boot it starts some time after the VMM): attempts that never reached envd (connection refused, or a connect
+        that timed out because the guest's link was not up yet) are repeated every `READY_INTERVAL` seconds until
+        `ready_limit` seconds have passed."""
         # The clock as a number (envd takes RFC 3339 strings too, as E2B's sends): a restored guest's first request
         # is this one, and under TCG parsing a date string there costs milliseconds of first-time translation.
         body: dict[str, object] = {"timestamp": time.time()}
@@ -85,7 +86,7 @@ class EnvdClient:
                 async with asyncio.timeout(ready_limit):
                     response = await self._post_init(url, address, body, headers, probe=True)
             except TimeoutError as exc:
-                raise Unavailable(f"envd at {address} did not answer POST /init within {ready_limit:.0f} s") from exc
+                raise Unavailable(f"envd at {address} did not answer POST /init within {ready_limit:g} s") from exc
         if response.status_code == 404:
             _log.warning("guest has no envd /init; env vars and access token not set", address=address)
             return

@@ -2,15 +2,15 @@
 
 Create, step by step (`wrenn.agent.state.Step`; each step is persisted *before* it is taken)::
 
-    SLOT ─> NETWORK ─> DISK ─> CGROUP ─> VM ─> (envd /health 204) ─> INIT ─> RUNNING
-    slot     netns,      qcow2    limits    restore from the warm      env vars,
-             veth, TAP   overlay            snapshot, or cold boot     token, clock
+    SLOT ─> NETWORK ─> DISK ─> CGROUP ─> VM ───────────────────> INIT ─> RUNNING
+    slot     netns,      qcow2    limits    restore from the warm   envd /init: env vars,
+             veth, TAP   overlay            snapshot, or cold boot  token, clock (asked until envd answers)
 
 The network may come ready-made from the `NetworkPool` (a slot prepared in the background, egress denied; the create
 only applies the sandbox's egress to it). Writes of the record: one before network, disk, cgroup and VM (all begun
 together: each undo is idempotent and finds nothing when its step never ran), one when RUNNING. The cgroup is made
-while the VMM spawns (its placement waits for it: nothing of the guest runs before the VMM is inside). On a restore,
-envd's ``/init`` doubles as the readiness probe.
+while the VMM spawns (its placement waits for it: nothing of the guest runs before the VMM is inside). envd's ``/init``
+doubles as the readiness probe (no ``/health`` round trip), after a restore and after a boot alike.
 
 A failure (or cancellation) at any step undoes the steps begun, in reverse, shielded and bounded; the error
 propagates. Destroy is the same undo. States (`SandboxState`)::
@@ -334,11 +334,10 @@ class SandboxManager:
             failed = None if cgroup.cancelled() else cgroup.exception()  # retrieved either way
         if failed is not None:
             raise failed  # the placement raised it already, unless a driver never placed the VMM: not kept either
-        if warm is None:  # a boot: envd comes up some time after the VMM, /health says when
-            await self._envd.wait_ready(record.envd_address or "", self._limits.ready_cold)
-
         # INIT makes no host state, so it is not written on its own: the RUNNING write right after records it.
-        # On a restore the guest's envd was listening when the snapshot was taken: /init is the readiness probe.
+        # /init is the readiness probe: on a restore the guest's envd was listening when the snapshot was taken; on
+        # a boot envd comes up some time after the VMM, and until it listens the guest refuses the connection (or,
+        # before its link is up, does not answer the SYN): both are asked again, with no /health round trip first.
         record.steps.append(Step.INIT)
         await self._envd.init(
             record.envd_address or "",
@@ -347,7 +346,7 @@ class SandboxManager:
             env_vars=request.env_vars if request.env_vars or from_snapshot else None,
             access_token=request.envd_access_token,
             current_token=self._snapshots.guest_token(warm.key) if warm is not None else None,
-            ready_limit=self._limits.ready_restore if warm is not None else None,
+            ready_limit=self._limits.ready_restore if warm is not None else self._limits.ready_cold,
         )
 
     async def _start_vm(

@@ -2,7 +2,7 @@
 same image to the same readiness, measured in the same run (interleaved), like with like:
 
 * restore: `SandboxManager.create` from the warm snapshot (slot, netns + TAP, qcow2 overlay, cgroup, QEMU restore
-  over QMP, envd ``/health``, envd ``/init``) vs a hand-written ``qemu -incoming exec:cat state`` of the same
+  over QMP, envd ``/init`` as the readiness probe) vs a hand-written ``qemu -incoming exec:cat state`` of the same
   snapshot in an already prepared namespace and overlay (network and disk setup are *not* timed for bare QEMU:
   they are the agent's overhead being measured);
 * restore, same readiness: the bare restore followed by the ``POST /init`` a restored guest needs (the clock, env
@@ -246,7 +246,7 @@ def _instrument(manager: SandboxManager, steps: _Steps) -> None:
     wrap(manager._driver, "_until_started", "driver: spawn -> QMP answers and VMM placed")
     wrap(manager._driver, "accelerator_report", "driver: accelerator report")
     wrap(manager._envd, "wait_ready", "envd /health wait")
-    wrap(manager._envd, "init", "envd /init (readiness probe on restores)")
+    wrap(manager._envd, "init", "envd /init (the readiness probe)")
     wrap(manager, "_save", "state write (each)")
 
 

@@ -150,6 +150,37 @@ async def test_a_restored_guest_runs_on_the_hosts_clock(
         await manager.destroy(info.sandbox_id)
 
 
+async def test_a_cold_boot_create_is_ready_when_envd_takes_its_init(
+    settings: AgentSettings, data_dir: Path, image: tuple[AgentImage, bool]
+) -> None:
+    """Warm templates off: the guest boots, and the create's ``/init`` is its readiness probe (refused until envd
+    listens) — it must still land: env vars and the access token are the create's, and nothing is left after."""
+    if not image[1]:
+        pytest.skip("needs the built base image's envd (`wrenn image build base`)")
+    before = census(data_dir, settings.resource_prefix)
+    cold = settings.model_copy(update={"warm_templates": False})
+    async with AgentRuntime(cold) as runtime:
+        info = await runtime.manager.create(
+            CreateSandbox(sandbox_id=sid("b", 1), template="base", env_vars={"BOOTED": "yes"}, envd_access_token=TOKEN)
+        )
+        try:
+            record = StateStore(data_dir / "sandboxes").load(info.sandbox_id)
+            assert record is not None
+            assert not record.restored, "a boot, not a restore"
+            out, code = await run_command(info.envd_address, "/bin/sh", ["-c", "echo $BOOTED"], TOKEN)
+            assert (out, code) == ("yes\n", 0)
+            async with httpx.AsyncClient(timeout=30) as client:
+                denied = await client.get(
+                    f"http://{info.envd_address}/files",
+                    params={"path": "/etc/hostname"},
+                    headers={"X-Access-Token": "not-the-token"},
+                )
+            assert denied.status_code == 401, denied.text
+        finally:
+            await runtime.manager.destroy(info.sandbox_id)
+    assert before.diff(census(data_dir, settings.resource_prefix)) == {}
+
+
 async def test_ten_concurrent_creates(manager: SandboxManager, settings: AgentSettings, data_dir: Path) -> None:
     before = census(data_dir, settings.resource_prefix)
     requests = [CreateSandbox(sandbox_id=sid("c", n), template="base") for n in range(10)]

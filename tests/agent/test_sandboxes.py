@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.agent.fakes import Env, health, sid
+from tests.agent.fakes import Env, free_port, health, sid
 from wrenn.agent import StateStore, Step, WarmTemplates
 from wrenn.agent._processes import processes_mentioning
 from wrenn.agent.vmm import VMMError
@@ -113,17 +114,23 @@ async def test_a_failing_step_is_rolled_back(env: Env, operation: str) -> None:
     env.nothing_left()
 
 
-async def test_envd_never_healthy_fails_the_create_and_kills_the_vmm(env: Env) -> None:
+async def test_envd_never_answering_fails_a_boot_and_kills_the_vmm(env: Env) -> None:
     env.warm = False
     async with env.manager() as manager:
         manager._limits.ready_cold = 0.5  # the fake guest answers at once; a broken one must not hang the create
+        real_init = env.envd.init
+        nobody = f"127.0.0.1:{free_port()}"  # nothing listens: every attempt is refused, as before envd is up
+        attempts = 0
 
-        async def broken_wait(address: str, limit: float) -> None:
-            raise Unavailable(f"envd at {address} did not become healthy within {limit} s")
+        async def init_elsewhere(address: str, **kwargs: Any) -> None:
+            nonlocal attempts
+            attempts += 1
+            await real_init(nobody, **kwargs)
 
-        env.envd.wait_ready = broken_wait  # type: ignore[method-assign]
-        with pytest.raises(Unavailable, match="did not become healthy"):
+        env.envd.init = init_elsewhere  # type: ignore[method-assign]
+        with pytest.raises(Unavailable, match=r"did not answer POST /init within 0\.5 s"):
             await manager.create(CreateSandbox(sandbox_id=sid(1), template="base"))
+        assert attempts == 1  # the probe loop is envd's /init itself, with the boot's limit
     env.nothing_left()
 
 
