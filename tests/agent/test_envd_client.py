@@ -75,7 +75,7 @@ async def test_init_probe_gives_up_with_a_clear_error(client: EnvdClient) -> Non
     sock = bound_socket()
     address = f"127.0.0.1:{sock.getsockname()[1]}"
     try:
-        with pytest.raises(Unavailable, match=r"envd at 127\.0\.0\.1:\d+ did not answer POST /init within 1 s"):
+        with pytest.raises(Unavailable, match=r"envd at 127\.0\.0\.1:\d+ did not answer POST /init within 0\.6 s"):
             await client.init(address, env_vars={}, access_token=None, ready_limit=0.6)
     finally:
         sock.close()
