@@ -36,6 +36,20 @@ def _ip(*args: str) -> None:
     subprocess.run(["ip", *args], check=True, capture_output=True)
 
 
+def _kill_all_in(netns: str) -> None:
+    """SIGKILL every process inside network namespace `netns` (``ip netns pids``) and wait until none is left."""
+    for _ in range(100):
+        listed = subprocess.run(["ip", "netns", "pids", netns], check=False, capture_output=True, text=True)
+        pids = [int(p) for p in listed.stdout.split()]
+        if not pids:
+            return
+        for pid in pids:
+            with suppress(ProcessLookupError):
+                os.kill(pid, 9)
+        time.sleep(0.05)  # SIGKILL is asynchronous: look again until the kernel has taken them
+    raise RuntimeError(f"processes in {netns} did not end: {pids}")
+
+
 def _keypair(private: Path) -> str:
     key = ed25519.Ed25519PrivateKey.generate()
     private.write_bytes(
@@ -115,5 +129,8 @@ def ssh_host(workdir: Path) -> Iterator[SSHHost]:
         if pidfile.exists():
             with suppress(ProcessLookupError, ValueError):
                 os.kill(int(pidfile.read_text().strip()), 15)
+        # The sessions sshd forked for the test's connections (ansible keeps its connections open) outlive the
+        # listener, and once the link is gone no FIN ever reaches them: end every process left in the namespace.
+        _kill_all_in(netns)
         subprocess.run(["ip", "link", "del", host_if], check=False, capture_output=True)
         subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
