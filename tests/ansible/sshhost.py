@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ def _kill_all_in(netns: str) -> None:
             return
         for pid in pids:
             with suppress(ProcessLookupError):
-                os.kill(pid, 9)
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.05)  # SIGKILL is asynchronous: look again until the kernel has taken them
     raise RuntimeError(f"processes in {netns} did not end: {pids}")
 
@@ -131,6 +132,8 @@ def ssh_host(workdir: Path) -> Iterator[SSHHost]:
                 os.kill(int(pidfile.read_text().strip()), 15)
         # The sessions sshd forked for the test's connections (ansible keeps its connections open) outlive the
         # listener, and once the link is gone no FIN ever reaches them: end every process left in the namespace.
-        _kill_all_in(netns)
-        subprocess.run(["ip", "link", "del", host_if], check=False, capture_output=True)
-        subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
+        try:
+            _kill_all_in(netns)
+        finally:
+            subprocess.run(["ip", "link", "del", host_if], check=False, capture_output=True)
+            subprocess.run(["ip", "netns", "del", netns], check=False, capture_output=True)
