@@ -7,6 +7,7 @@ Tests share it, so they make their own teams and users (the factories) and never
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import uuid
@@ -41,7 +42,12 @@ def database_url() -> Iterator[str]:
     with admin:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     info = psycopg.conninfo.conninfo_to_dict(server)
-    yield f"postgresql://{info.get('user', 'postgres')}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{name}"
+    url = f"postgresql://{info.get('user', 'postgres')}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{name}"
+    # Migrated once here, so the apps the tests start skip it (`settings`): under falcon's test conductor an app's
+    # start-up is waited for with an `asyncio.sleep(0)` loop, and yoyo's worker thread then waits for the GIL
+    # after each of its queries — seconds per test in a long session.
+    asyncio.run(migrate(url))
+    yield url
     with psycopg.connect(server, autocommit=True) as admin:
         admin.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
@@ -85,6 +91,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         job_workers=0,
         max_body_bytes=64 * 1024,
         db_pool_max=4,
+        apply_migrations=False,  # `database_url` is migrated already
     )
 
 
