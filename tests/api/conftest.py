@@ -43,9 +43,9 @@ def database_url() -> Iterator[str]:
         admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     info = psycopg.conninfo.conninfo_to_dict(server)
     url = f"postgresql://{info.get('user', 'postgres')}@{info.get('host', '127.0.0.1')}:{info.get('port', 5432)}/{name}"
-    # Migrated once here, so the apps the tests start skip it (`settings`): under falcon's test conductor an app's
-    # start-up is waited for with an `asyncio.sleep(0)` loop, and yoyo's worker thread then waits for the GIL
-    # after each of its queries — seconds per test in a long session.
+    # Migrated once here, so neither the apps the tests start (`settings`) nor `store` check it again. Why: under
+    # falcon's test conductor an app's start-up is waited for with an `asyncio.sleep(0)` loop while yoyo's check
+    # runs in a worker thread — the suspected (not proven) cause of full runs where tests/api took ~10x longer.
     asyncio.run(migrate(url))
     yield url
     with psycopg.connect(server, autocommit=True) as admin:
@@ -97,7 +97,6 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[Store]:
-    await migrate(database_url)
     async with Store(database_url, max_size=4) as opened:
         yield opened
 
