@@ -245,7 +245,6 @@ def _instrument(manager: SandboxManager, steps: _Steps) -> None:
     wrap(manager._driver, "_spawn", "driver: spawn (QMP socket bound, state opened)")
     wrap(manager._driver, "_until_started", "driver: spawn -> QMP answers and VMM placed")
     wrap(manager._driver, "accelerator_report", "driver: accelerator report")
-    wrap(manager._envd, "wait_ready", "envd /health wait")
     wrap(manager._envd, "init", "envd /init (the readiness probe)")
     wrap(manager, "_save", "state write (each)")
 
